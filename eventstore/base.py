@@ -1,0 +1,293 @@
+"""The event store contract: what every backend stores and promises.
+
+The log is append-only. Every event has:
+
+* a **global position**: 1, 2, 3, ... gap-free and in commit order across the whole log;
+* a **stream** name and a **version** within that stream: 1, 2, 3, ... gap-free per stream;
+* an **event id** (UUID) that makes appends idempotent;
+* a **type**, a **schema version** of that type, **data** and **metadata** (JSON objects);
+* the UTC time it was **recorded** (non-decreasing with the position);
+* a **hash** chaining it to its predecessor (see :mod:`eventstore.chain`).
+
+Backends (:mod:`eventstore.sqlite`, and PostgreSQL later) implement :class:`EventStore`
+and pass the same contract test suite; callers depend on this module only.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+JSONObject = Mapping[str, Any]
+
+
+class StreamState(enum.Enum):
+    """Expected states of a stream that are not an exact version."""
+
+    ANY = "any"
+    """No check: append whatever the stream's version."""
+    NO_STREAM = "no_stream"
+    """The stream must not exist yet (it has no events)."""
+    EXISTS = "exists"
+    """The stream must have at least one event."""
+
+
+ExpectedVersion = int | StreamState
+"""An exact stream version (0 means "no events yet") or a :class:`StreamState`."""
+
+ANY: Final = StreamState.ANY
+NO_STREAM: Final = StreamState.NO_STREAM
+EXISTS: Final = StreamState.EXISTS
+
+
+def new_event_id() -> uuid.UUID:
+    """A fresh UUIDv7 (RFC 9562): time-ordered, so the event-id index grows at its end.
+
+    Random (v4) ids work too; they only make the unique index slower to insert into.
+    The 74 random bits come from :mod:`random` (reseeded in forked children by Python):
+    ids must be unique, not unpredictable, and ``os.urandom`` costs a system call each.
+    """
+    unix_ms = time.time_ns() // 1_000_000
+    rand = random.getrandbits(74)
+    value = (unix_ms & 0xFFFF_FFFF_FFFF) << 80
+    value |= 0x7 << 76  # version 7
+    value |= ((rand >> 62) & 0xFFF) << 64  # rand_a, 12 bits
+    value |= 0b10 << 62  # RFC 4122 variant
+    value |= rand & 0x3FFF_FFFF_FFFF_FFFF  # rand_b, 62 bits
+    return uuid.UUID(int=value)
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to append. ``data`` and ``metadata`` must be JSON-serializable objects.
+
+    ``metadata`` describes the circumstances of the write (which request caused it,
+    from where); it is stored and hashed but is not part of the idempotency comparison.
+    """
+
+    type: str
+    data: JSONObject
+    metadata: JSONObject = field(default_factory=dict)
+    event_id: uuid.UUID = field(default_factory=new_event_id)
+    schema_version: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """An event as stored in the log (after upcasting, when an upcaster applies)."""
+
+    position: int
+    stream: str
+    version: int
+    event_id: uuid.UUID
+    type: str
+    schema_version: int
+    data: dict[str, Any]
+    metadata: dict[str, Any]
+    recorded_at: datetime
+    hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Where an append landed.
+
+    ``duplicate`` is true when every event was already stored (an idempotent retry):
+    the positions are then those of the original append and nothing was written.
+    """
+
+    stream: str
+    first_position: int
+    last_position: int
+    stream_version: int
+    duplicate: bool = False
+
+
+class TamperKind(enum.Enum):
+    HASH_MISMATCH = "hash_mismatch"
+    """The stored hash does not match the event's content and its predecessor."""
+    MISSING = "missing"
+    """A position is absent: an event was deleted (or positions were renumbered)."""
+    TRUNCATED = "truncated"
+    """The log ends before the recorded chain head: events were deleted from the end."""
+    HEAD_MISMATCH = "head_mismatch"
+    """The recorded chain head does not match the last event."""
+    ANCHOR_MISMATCH = "anchor_mismatch"
+    """The hash at an externally kept anchor position differs from the anchor."""
+
+
+@dataclass(frozen=True, slots=True)
+class TamperFinding:
+    position: int
+    kind: TamperKind
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """The result of :meth:`EventStore.verify`.
+
+    ``head_position`` and ``head_hash`` are what an auditor keeps outside the database
+    (printed, mailed, published): passing them back as an anchor later proves that no one
+    rewrote history before that point, even someone who recomputed every hash.
+    """
+
+    checked: int
+    head_position: int
+    head_hash: bytes
+    finding: TamperFinding | None
+
+    @property
+    def ok(self) -> bool:
+        return self.finding is None
+
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class Upcasters:
+    """Upcasters turn the data of an old schema version of an event type into the next one.
+
+    Register ``(type, from_version) -> fn``; reading an event of ``from_version`` applies
+    ``fn`` and continues from ``from_version + 1`` until no upcaster applies. Stored
+    events are never rewritten, so their hashes stay valid.
+    """
+
+    def __init__(self) -> None:
+        self._by_key: dict[tuple[str, int], Upcaster] = {}
+
+    def register(self, event_type: str, from_version: int, fn: Upcaster) -> None:
+        key = (event_type, from_version)
+        if key in self._by_key:
+            raise ValueError(f"an upcaster for {event_type} v{from_version} is registered")
+        self._by_key[key] = fn
+
+    def __bool__(self) -> bool:
+        return bool(self._by_key)
+
+    def upcast(
+        self, event_type: str, version: int, data: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        while (fn := self._by_key.get((event_type, version))) is not None:
+            data = fn(data)
+            version += 1
+        return version, data
+
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def utc_from_micros(micros: int) -> datetime:
+    """Exact (no float rounding) UTC datetime of microseconds since the epoch."""
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def micros_from_utc(moment: datetime) -> int:
+    """Microseconds since the epoch of an aware datetime (exact)."""
+    if moment.tzinfo is None:
+        raise ValueError("a naive datetime has no defined UTC instant")
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+class EventStore(abc.ABC):
+    """An append-only, tamper-evident event log. Every backend implements this.
+
+    All methods are coroutines that never block the event loop. Errors are instances of
+    :class:`eventstore.errors.EventStoreError`.
+    """
+
+    @abc.abstractmethod
+    async def append(
+        self,
+        stream: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion = ANY,
+    ) -> AppendResult:
+        """Append ``events`` to ``stream`` atomically, then return where they landed.
+
+        Returns only once the events are durable. Rules, in the order they are checked:
+
+        1. If every event id is already stored with the same stream, type, schema version
+           and data, nothing is written and the original result is returned
+           (``duplicate=True``), whatever ``expected_version`` says: a retry succeeds.
+           If some ids are stored and others not, or a stored id has other content,
+           :class:`~eventstore.errors.DuplicateEventError` is raised.
+        2. If the stream's current version does not satisfy ``expected_version``,
+           :class:`~eventstore.errors.ConcurrencyError` is raised and nothing is written.
+        3. Otherwise the events get consecutive stream versions and global positions.
+
+        Concurrent appends may be committed together in one transaction (group commit);
+        one caller's error never fails another's append.
+        """
+
+    @abc.abstractmethod
+    async def read_stream(
+        self, stream: str, from_version: int = 1, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        """Events of ``stream`` from ``from_version`` on, in version order ([] if none)."""
+
+    @abc.abstractmethod
+    async def stream_version(self, stream: str) -> int:
+        """The version of the stream's last event, 0 when it has none."""
+
+    @abc.abstractmethod
+    async def read_all(self, after: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        """At most ``limit`` events with a position greater than ``after``, in order."""
+
+    async def iter_all(
+        self, after: int = 0, batch_size: int = 1000, until: int | None = None
+    ) -> AsyncIterator[list[RecordedEvent]]:
+        """Batches of the whole log after ``after`` (up to position ``until``), streamed."""
+        while True:
+            batch = await self.read_all(after, batch_size)
+            if until is not None:
+                batch = [e for e in batch if e.position <= until]
+            if not batch:
+                return
+            yield batch
+            after = batch[-1].position
+            if len(batch) < batch_size or (until is not None and after >= until):
+                return
+
+    @abc.abstractmethod
+    async def get_event(self, event_id: uuid.UUID) -> RecordedEvent | None:
+        """The event with that id, or None."""
+
+    @abc.abstractmethod
+    async def last_position(self) -> int:
+        """The position of the last committed event, 0 for an empty log."""
+
+    @abc.abstractmethod
+    async def wait_for_events(self, after: int, timeout: float | None = None) -> int:
+        """Wait until the log has an event after ``after``; return the last position.
+
+        Returns at once if there already is one. Appends through this store object wake
+        waiters as soon as they commit (no polling). On timeout, returns the last position
+        as it is then (which may still be ``after``).
+        """
+
+    @abc.abstractmethod
+    async def verify(self, anchor: tuple[int, bytes] | None = None) -> VerifyReport:
+        """Recompute the hash chain over the whole log and report the first tampered position.
+
+        Streams the log; never holds it in memory. ``anchor`` is a ``(position, hash)``
+        pair kept outside the database from an earlier verify.
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish pending appends, then release connections. Idempotent."""
+
+    async def __aenter__(self) -> EventStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

@@ -1,0 +1,282 @@
+"""One group-commit transaction on SQLite: many appends, one ``BEGIN IMMEDIATE``, one sync.
+
+Runs in the writer connection's thread. Each append of the batch is checked in order
+against the state the earlier appends of the same batch left (idempotency first, then the
+expected version), so a batch behaves exactly like the same appends run one by one; an
+append that fails its checks gets its own error and the others still commit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from eventstore.base import AppendResult, ExpectedVersion, StreamState
+from eventstore.chain import GENESIS, event_hash
+from eventstore.errors import ConcurrencyError, DuplicateEventError, EventStoreError
+
+# SQLite's default limit of bound variables is 32766 since 3.32; stay well below it.
+_IN_CHUNK = 900
+
+
+# Plain (not frozen) slotted records: they are built per event on the hot path, where a
+# frozen dataclass's __init__ costs four times as much. Nothing outside this module and
+# the backend's append path holds them.
+
+
+@dataclass(slots=True)
+class EncodedEvent:
+    """An event ready to store: everything already serialized and validated."""
+
+    event_id: bytes
+    type: str
+    type_utf8: bytes
+    schema_version: int
+    data: bytes
+    metadata: bytes
+
+
+@dataclass(slots=True)
+class AppendRequest:
+    stream: str
+    stream_utf8: bytes
+    events: Sequence[EncodedEvent]
+    expected: ExpectedVersion
+
+
+@dataclass(slots=True)
+class _Stored:
+    """What idempotency compares, for an event already in the log (or earlier in the batch)."""
+
+    position: int
+    stream: str
+    version: int
+    type: str
+    schema_version: int
+    data: bytes
+
+
+Outcome = AppendResult | EventStoreError
+
+
+def _chunks(items: Sequence[bytes] | Sequence[str]) -> Iterable[Sequence[bytes] | Sequence[str]]:
+    for start in range(0, len(items), _IN_CHUNK):
+        yield items[start : start + _IN_CHUNK]
+
+
+class _Stream:
+    __slots__ = ("stream_id", "version")
+
+    def __init__(self, stream_id: int | None, version: int) -> None:
+        self.stream_id = stream_id
+        self.version = version
+
+
+class WriterCache:
+    """Stream ids and versions as of this writer's last commit, to skip their lookup.
+
+    Valid only while no other connection has committed: SQLite's ``data_version``
+    changes exactly then, and the cache is dropped. It is also dropped whenever a batch
+    fails, since the batch may have advanced versions that were then rolled back.
+    """
+
+    MAX_STREAMS = 200_000
+
+    def __init__(self) -> None:
+        self.streams: dict[str, _Stream] = {}
+        self.data_version: int | None = None
+
+    def refresh(self, conn: sqlite3.Connection) -> None:
+        data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if data_version != self.data_version or len(self.streams) > self.MAX_STREAMS:
+            self.streams.clear()
+            self.data_version = data_version
+
+    def clear(self) -> None:
+        self.streams.clear()
+        self.data_version = None
+
+
+def _load_streams(
+    conn: sqlite3.Connection, cache: WriterCache, wanted: set[str]
+) -> dict[str, _Stream]:
+    found = cache.streams
+    names = [name for name in wanted if name not in found]
+    for chunk in _chunks(names):
+        marks = ",".join("?" * len(chunk))
+        for name, stream_id, version in conn.execute(
+            f"SELECT name, stream_id, version FROM streams WHERE name IN ({marks})", chunk
+        ):
+            found[name] = _Stream(stream_id, version)
+    return found
+
+
+def _load_stored(conn: sqlite3.Connection, ids: list[bytes]) -> dict[bytes, _Stored]:
+    found: dict[bytes, _Stored] = {}
+    for chunk in _chunks(ids):
+        marks = ",".join("?" * len(chunk))
+        for row in conn.execute(
+            "SELECT e.event_id, e.position, s.name, e.version, e.type, e.schema_version, e.data"
+            " FROM events e JOIN streams s ON s.stream_id = e.stream_id"
+            f" WHERE e.event_id IN ({marks})",
+            chunk,
+        ):
+            found[row[0]] = _Stored(*row[1:])
+    return found
+
+
+def _satisfies(expected: ExpectedVersion, actual: int) -> bool:
+    if expected is StreamState.ANY:
+        return True
+    if expected is StreamState.NO_STREAM:
+        return actual == 0
+    if expected is StreamState.EXISTS:
+        return actual > 0
+    return expected == actual
+
+
+def _replayed(request: AppendRequest, stored: dict[bytes, _Stored]) -> Outcome | None:
+    """The original result if this append was already done; an error if only in part."""
+    hits = [stored.get(e.event_id) for e in request.events]
+    if hits.count(None) == len(hits):
+        return None
+    for event, hit in zip(request.events, hits, strict=True):
+        event_id = uuid.UUID(bytes=event.event_id)
+        if hit is None:
+            return DuplicateEventError(
+                event_id, "other events of this append are stored, this one is not"
+            )
+        if (hit.stream, hit.type, hit.schema_version, hit.data) != (
+            request.stream,
+            event.type,
+            event.schema_version,
+            event.data,
+        ):
+            return DuplicateEventError(
+                event_id, f"already stored at position {hit.position} with other content"
+            )
+    positions = [hit.position for hit in hits if hit is not None]
+    versions = [hit.version for hit in hits if hit is not None]
+    return AppendResult(
+        stream=request.stream,
+        first_position=min(positions),
+        last_position=max(positions),
+        stream_version=max(versions),
+        duplicate=True,
+    )
+
+
+def commit_batch(
+    conn: sqlite3.Connection, batch: Sequence[AppendRequest], cache: WriterCache
+) -> list[Outcome]:
+    """Check and write a batch of appends in one transaction; an outcome per request.
+
+    Raises ``sqlite3.Error`` (after rolling back) only when the transaction itself fails,
+    in which case nothing of the batch was written.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        cache.refresh(conn)
+        outcomes = _write(conn, batch, cache)
+        conn.execute("COMMIT")
+    except BaseException:
+        cache.clear()
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return outcomes
+
+
+def _write(
+    conn: sqlite3.Connection, batch: Sequence[AppendRequest], cache: WriterCache
+) -> list[Outcome]:
+    position, previous, last_us = conn.execute(
+        "SELECT position, hash, recorded_us FROM chain_head"
+    ).fetchone() or (0, GENESIS, 0)
+    streams = _load_streams(conn, cache, {r.stream for r in batch})
+    ids = [e.event_id for r in batch for e in r.events]
+    stored = _load_stored(conn, ids)
+    # Later appends of the batch must see the ids of earlier ones only if an id repeats.
+    ids_in_batch = len(set(ids)) != len(ids)
+    # Recorded time never goes backwards along the log, so "as of T" is a prefix of it.
+    recorded_us = max(time.time_ns() // 1000, last_us)
+
+    rows: list[tuple[object, ...]] = []
+    touched: dict[str, _Stream] = {}
+    outcomes: list[Outcome] = []
+    for request in batch:
+        if stored:
+            replay = _replayed(request, stored)
+            if replay is not None:
+                outcomes.append(replay)
+                continue
+        stream = streams.get(request.stream)
+        actual = stream.version if stream is not None else 0
+        if not _satisfies(request.expected, actual):
+            outcomes.append(ConcurrencyError(request.stream, _describe(request.expected), actual))
+            continue
+        if stream is None:
+            cursor = conn.execute(
+                "INSERT INTO streams (name, version) VALUES (?, 0)", (request.stream,)
+            )
+            stream = streams[request.stream] = _Stream(cursor.lastrowid, 0)
+        first = position + 1
+        for event in request.events:
+            position += 1
+            stream.version += 1
+            previous = event_hash(
+                previous,
+                position,
+                request.stream_utf8,
+                stream.version,
+                event.event_id,
+                event.type_utf8,
+                event.schema_version,
+                event.data,
+                event.metadata,
+                recorded_us,
+            )
+            rows.append(
+                (
+                    position,
+                    stream.stream_id,
+                    stream.version,
+                    event.event_id,
+                    event.type,
+                    event.schema_version,
+                    event.data,
+                    event.metadata,
+                    recorded_us,
+                    previous,
+                )
+            )
+            if ids_in_batch:
+                stored[event.event_id] = _Stored(
+                    position,
+                    request.stream,
+                    stream.version,
+                    event.type,
+                    event.schema_version,
+                    event.data,
+                )
+        touched[request.stream] = stream
+        outcomes.append(AppendResult(request.stream, first, position, stream.version))
+
+    if rows:
+        conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        conn.executemany(
+            "UPDATE streams SET version = ? WHERE stream_id = ?",
+            [(s.version, s.stream_id) for s in touched.values()],
+        )
+        conn.execute(
+            "UPDATE chain_head SET position = ?, hash = ?, recorded_us = ?",
+            (position, previous, recorded_us),
+        )
+    return outcomes
+
+
+def _describe(expected: ExpectedVersion) -> object:
+    return expected.value if isinstance(expected, StreamState) else expected

@@ -1,0 +1,154 @@
+"""SQLite-specific behaviour: options of ``open``, several stores on one file, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from eventstore.base import NO_STREAM, AppendResult, NewEvent
+from eventstore.errors import ConcurrencyError, EventStoreError, StoreUnavailableError
+from eventstore.sqlite import SQLiteEventStore
+from tests.eventstore.helpers import (
+    assert_chain,
+    assert_gap_free,
+    let_others_run,
+    new,
+    read_everything,
+)
+
+WAIT = 10.0
+
+
+@pytest.mark.parametrize("durability", ["full", "normal"])
+async def test_durability_options(tmp_path: Path, durability: Any) -> None:
+    path = tmp_path / "d.db"
+    async with await SQLiteEventStore.open(path, durability=durability) as store:
+        await store.append("s", [new(), new()])
+    async with await SQLiteEventStore.open(str(path), durability=durability) as store:
+        assert await store.last_position() == 2
+        assert (await store.verify()).ok
+
+
+async def test_unknown_durability_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="durability"):
+        await SQLiteEventStore.open(tmp_path / "d.db", durability="sometimes")  # type: ignore[arg-type]
+    assert not (tmp_path / "d.db").exists()
+
+
+async def test_an_unopenable_path_is_a_store_error(tmp_path: Path) -> None:
+    # errors.py: callers never catch sqlite3.Error, only the store's own errors
+    with pytest.raises(StoreUnavailableError):
+        await SQLiteEventStore.open(tmp_path / "no such directory" / "events.db")
+
+
+async def test_a_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.db"
+    path.write_bytes(b"this is not an SQLite database, just some bytes\n" * 100)
+    with pytest.raises(StoreUnavailableError):
+        await SQLiteEventStore.open(path)
+
+
+@pytest.mark.parametrize("max_batch_events", [1, 3, 7])
+async def test_small_group_commit_batches(tmp_path: Path, max_batch_events: int) -> None:
+    # Appends bigger than a batch still go in whole; many small ones split over batches.
+    sizes = [1 + (i * 7) % 11 for i in range(40)]  # 1..11 events each
+    async with await SQLiteEventStore.open(
+        tmp_path / "b.db", poll_interval=None, max_batch_events=max_batch_events
+    ) as store:
+        batches = [[new(i=i, k=k) for k in range(size)] for i, size in enumerate(sizes)]
+        results = await asyncio.gather(
+            *(store.append(f"s{i % 5}", batch) for i, batch in enumerate(batches))
+        )
+        stored = await read_everything(store)
+        assert_gap_free(stored)
+        assert len(stored) == sum(sizes)
+        for batch, result in zip(batches, results, strict=True):
+            landed = stored[result.first_position - 1 : result.last_position]
+            assert [e.event_id for e in landed] == [e.event_id for e in batch]
+        assert (await store.verify()).ok
+
+
+async def test_two_stores_on_one_file_share_the_log(tmp_path: Path) -> None:
+    # Several processes may open one file; two store objects in one process are the same
+    # case. Each must see the other's commits when it checks versions and chains hashes.
+    path = tmp_path / "shared.db"
+    async with (
+        await SQLiteEventStore.open(path, poll_interval=None) as a,
+        await SQLiteEventStore.open(path, poll_interval=None) as b,
+    ):
+        version = 0
+        for i in range(10):  # alternate writers on one stream, exact expected versions
+            writer = (a, b)[i % 2]
+            result = await writer.append("shared", [new(i=i)], version or NO_STREAM)
+            version = result.stream_version
+            assert result == AppendResult("shared", i + 1, i + 1, i + 1)
+
+        await a.append("shared", [new()], version)  # b's idea of the stream is now stale
+        with pytest.raises(ConcurrencyError) as caught:
+            await b.append("shared", [new()], version)
+        assert caught.value.actual == version + 1
+
+        results = await asyncio.gather(
+            *(store.append(f"own-{i}", [new(), new()]) for i in range(20) for store in (a, b))
+        )
+        covered = sorted(p for r in results for p in range(r.first_position, r.last_position + 1))
+        assert covered == list(range(12, 12 + 80))
+
+        for store in (a, b):
+            everything = await read_everything(store)
+            assert_gap_free(everything)
+            assert_chain(everything)
+            assert await store.last_position() == len(everything) == 91
+            report = await store.verify()
+            assert report.ok
+            assert report.checked == 91
+
+
+async def test_a_waiter_notices_another_stores_appends_by_polling(tmp_path: Path) -> None:
+    path = tmp_path / "polled.db"
+    async with (
+        await SQLiteEventStore.open(path, poll_interval=0.02) as watcher,
+        await SQLiteEventStore.open(path, poll_interval=None) as writer,
+    ):
+        waiter = asyncio.create_task(watcher.wait_for_events(0))
+        await let_others_run()
+        assert not waiter.done()
+        await writer.append("s", [NewEvent("FromElsewhere", {})])
+        assert await asyncio.wait_for(waiter, WAIT) == 1
+        assert await watcher.last_position() == 1
+
+
+async def test_a_failed_batch_transaction_leaves_no_trace(tmp_path: Path) -> None:
+    # A trigger makes SQLite refuse any event of type "Boom", so the batch transaction
+    # fails after the writer has begun assigning versions and stream ids; all of that
+    # must be rolled back, including whatever the writer remembers between batches.
+    path = tmp_path / "trigger.db"
+    async with await SQLiteEventStore.open(path, poll_interval=None) as store:
+        await store.append("s", [new(), new()])
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(
+            "CREATE TRIGGER refuse_boom BEFORE INSERT ON events WHEN NEW.type = 'Boom'"
+            " BEGIN SELECT RAISE(ABORT, 'boom refused'); END"
+        )
+
+    async with await SQLiteEventStore.open(path, poll_interval=None) as store:
+        with pytest.raises(EventStoreError):
+            await store.append("s", [new("Fine"), new("Boom")], 2)
+        with pytest.raises(EventStoreError):
+            await store.append("fresh", [new("Fine"), new("Boom")], NO_STREAM)
+        assert await store.last_position() == 2
+
+        assert await store.append("s", [new("Fine")], 2) == AppendResult("s", 3, 3, 3)
+        assert await store.append("fresh", [new("Fine")], NO_STREAM) == AppendResult(
+            "fresh", 4, 4, 1
+        )
+        assert [e.version for e in await store.read_stream("fresh")] == [1]
+        everything = await read_everything(store)
+        assert_gap_free(everything)
+        assert_chain(everything)
+        assert (await store.verify()).ok
