@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -57,6 +58,7 @@ from eventstore.sqlite_schema import migrate
 
 T = TypeVar("T")
 Durability = Literal["full", "normal"]
+BatchObserver = Callable[[int, float], None]
 
 _SELECT_EVENTS = (
     "SELECT e.position, s.name, e.version, e.event_id, e.type, e.schema_version,"
@@ -87,9 +89,13 @@ async def _in_thread(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connectio
 
 
 async def _connect(path: str) -> aiosqlite.Connection:
+    conn = aiosqlite.connect(path, isolation_level=None)
     try:
-        return await aiosqlite.connect(path, isolation_level=None)
+        return await conn
     except sqlite3.Error as exc:
+        # aiosqlite stops its worker thread here without waiting for it; wait, so the
+        # thread does not report to an event loop that may be closed by then.
+        await asyncio.to_thread(conn._thread.join, 10)
         raise translate_error(exc) from exc
 
 
@@ -161,7 +167,9 @@ class SQLiteEventStore(EventStore):
         upcasters: Upcasters | None,
         poll_interval: float | None,
         max_batch_events: int,
+        on_batch: BatchObserver | None = None,
     ) -> None:
+        self._on_batch = on_batch
         self._writer = writer
         self._reader = reader
         self._path = path
@@ -185,11 +193,13 @@ class SQLiteEventStore(EventStore):
         upcasters: Upcasters | None = None,
         poll_interval: float | None = 1.0,
         max_batch_events: int = 5000,
+        on_batch: BatchObserver | None = None,
     ) -> SQLiteEventStore:
         """Open (creating or upgrading) the log in the SQLite file at ``path``.
 
         ``poll_interval``: appends made by *other processes* on the same file are noticed
         by :meth:`wait_for_events` within this many seconds (None: only this process's).
+        ``on_batch(events, seconds)`` is called after each group commit (for metrics).
         """
         if durability not in ("full", "normal"):
             raise ValueError(f"durability must be 'full' or 'normal', not {durability!r}")
@@ -225,11 +235,17 @@ class SQLiteEventStore(EventStore):
             upcasters=upcasters,
             poll_interval=poll_interval,
             max_batch_events=max_batch_events,
+            on_batch=on_batch,
         )
 
     @property
     def path(self) -> str:
         return self._path
+
+    @property
+    def writable(self) -> bool:
+        """Whether appends can be taken: open, and the writer task is running."""
+        return not self._closed and not self._writer_task.done()
 
     # -- appending ---------------------------------------------------------------
 
@@ -265,6 +281,7 @@ class SQLiteEventStore(EventStore):
             batch = self._take_batch()
             try:
                 requests = [pending.request for pending in batch]
+                started = time.perf_counter()
                 outcomes = await _in_thread(
                     self._writer, partial(commit_batch, batch=requests, cache=self._writer_cache)
                 )
@@ -278,6 +295,8 @@ class SQLiteEventStore(EventStore):
                     if not pending.future.done():
                         pending.future.set_exception(error)
                 continue
+            if self._on_batch is not None:
+                self._on_batch(sum(len(r.events) for r in requests), time.perf_counter() - started)
             self._release(batch, outcomes)
 
     def _take_batch(self) -> list[_Pending]:

@@ -1,0 +1,119 @@
+"""The aiohttp application: ``create_app(config)`` builds it; nothing is created at import.
+
+Resources (the event store, the directory, the projections) are opened and closed in
+``cleanup_ctx``. Errors become JSON answers in one middleware: an :class:`ApiError`
+with its own status, an unknown route or method as 404/405, the store being unavailable
+as 503, and anything unexpected as a logged 500, never an HTML page.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from eventstore import EventStoreError, StoreUnavailableError
+from eventstore.sqlite import SQLiteEventStore
+from postback import operator, partner, postbacks
+from postback.config import Config
+from postback.directory import Directory
+from postback.errors import ApiError
+from postback.http import json_response
+from postback.keys import CONFIG, DIRECTORY, METRICS, PARTNERS, STORE
+from postback.metrics import Metrics
+from postback.service import PartnerService
+
+log = logging.getLogger("postback")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as error:
+        return json_response(error.body, error.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_response(
+            {"success": False, "code": exc.reason.lower().replace(" ", "_"), "error": exc.reason},
+            exc.status,
+        )
+    except StoreUnavailableError as exc:
+        log.error("store unavailable: %s", exc)
+        return json_response(
+            {"success": False, "code": "unavailable", "error": "the event log is unavailable"}, 503
+        )
+    except EventStoreError:
+        log.exception("event store error")
+        return json_response(
+            {"success": False, "code": "store_error", "error": "internal error"}, 500
+        )
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_response({"success": False, "code": "internal", "error": "internal error"}, 500)
+
+
+@web.middleware
+async def measured(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    response = await handler(request)
+    route = request.match_info.route.resource
+    name = route.canonical if route is not None else "unmatched"
+    metrics = request.app[METRICS]
+    metrics.requests.labels(name, request.method, str(response.status)).inc()
+    metrics.request_seconds.labels(name).observe(time.perf_counter() - started)
+    return response
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    if config.dsn is not None:
+        raise SystemExit("the PostgreSQL backend is not available yet; use --db (SQLite)")
+    store = await SQLiteEventStore.open(
+        config.db_path,
+        durability="normal" if config.durability == "normal" else "full",
+        on_batch=app[METRICS].observe_batch,
+    )
+    try:
+        directory = Directory(store)
+        await directory.load()
+        app[STORE] = store
+        app[DIRECTORY] = directory
+        app[PARTNERS] = PartnerService(store, directory)
+        async with postbacks.projections(app):
+            yield
+    finally:
+        await store.close()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 when the log answers and its writer runs; 503 otherwise."""
+    store = request.app[STORE]
+    position = await store.last_position()
+    if not store.writable:
+        return json_response({"ok": False, "error": "the log writer is not running"}, 503)
+    return json_response({"ok": True, "position": position})
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    postbacks.observe_lag(request.app)
+    return web.Response(
+        body=request.app[METRICS].render(), content_type="text/plain", charset="utf-8"
+    )
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(middlewares=[measured, errors_as_json], client_max_size=1024**2)
+    app[CONFIG] = config
+    app[METRICS] = Metrics()
+    app.cleanup_ctx.append(_resources)
+    partner.add_routes(app)
+    operator.add_routes(app)
+    postbacks.add_routes(app)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    return app

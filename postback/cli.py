@@ -1,0 +1,103 @@
+"""The ``postback`` command (API.md section 4)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from postback.access_log import JsonAccessLogger
+from postback.app import create_app
+from postback.config import Config
+from postback.demo import run_demo
+from postback.offline import create_account_offline
+
+
+def _database_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--db", help="SQLite file (default ./postback.db, or POSTBACK_DB)")
+    group.add_argument("--dsn", help="PostgreSQL DSN (or POSTBACK_DSN)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="postback", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the service")
+    _database_options(serve)
+    serve.add_argument("--host", help="listen address (default 127.0.0.1, or POSTBACK_HOST)")
+    serve.add_argument("--port", type=int, help="listen port (default 8080, or POSTBACK_PORT)")
+    serve.add_argument(
+        "--demo", action="store_true", help="seed demo data first and print curl lines"
+    )
+
+    demo = commands.add_parser("demo", help="seed a demo account, spot, goals and subscribers")
+    _database_options(demo)
+    demo.add_argument("--host", help="the address the curl lines should use")
+    demo.add_argument("--port", type=int, help="the port the curl lines should use")
+
+    account = commands.add_parser("account", help="manage accounts")
+    account_commands = account.add_subparsers(dest="account_command", required=True)
+    create = account_commands.add_parser("create", help="create an account, print its API key")
+    create.add_argument("name")
+    _database_options(create)
+    return parser
+
+
+async def serve(config: Config) -> None:
+    """Serve until SIGINT or SIGTERM, then close the store cleanly.
+
+    Once listening it prints ``postback: serving DB on http://HOST:PORT`` with the port
+    actually bound, so ``--port 0`` (any free port) works for tests and scripts.
+    """
+    runner = web.AppRunner(create_app(config), access_log_class=JsonAccessLogger)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.host, config.port)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        print(
+            f"postback: serving {config.db_path} on http://{host}:{port}",
+            file=sys.stderr,
+            flush=True,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = Config.from_env(
+        db_path=args.db,
+        dsn=args.dsn,
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+    )
+    if config.dsn is not None:
+        print("postback: the PostgreSQL backend is not available yet; use --db", file=sys.stderr)
+        return 2
+    if args.command == "account":
+        account_id, api_key = asyncio.run(create_account_offline(config, args.name))
+        print(f"account {account_id} created\napi key: {api_key}")
+        return 0
+    if args.command == "demo" or (args.command == "serve" and args.demo):
+        asyncio.run(run_demo(config))
+        if args.command == "demo":
+            return 0
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    asyncio.run(serve(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Small HTTP helpers: JSON answers, request text made safe to store, parameter parsing."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from aiohttp import web
+
+from postback.errors import ApiError, bad_request
+
+MAX_RECORDED = 8192  # characters of a raw query or body kept in the postback log
+MAX_FIELD = 1024  # characters of one parameter kept in the log's summary fields
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def clean(text: str) -> str:
+    """Text that encodes as UTF-8: lone surrogates (from broken percent-escapes) become '?'."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode()
+    return text
+
+
+def _scalar(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, str | int | float):
+        return clean(str(value))
+    raise bad_request("bad_body", f"parameter {name!r} must be a string or a number")
+
+
+async def read_body(request: web.Request) -> bytes:
+    if request.method != "POST" or not request.body_exists:
+        return b""
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise ApiError(413, "too_large", "the request body is too large") from exc
+
+
+def partner_params(request: web.Request, body: bytes) -> dict[str, str]:
+    """The parameters of a partner request: the body's (form or JSON), then the query's.
+
+    A repeated parameter counts once, by its first value.
+    """
+    params: dict[str, str] = {}
+    if body:
+        if request.content_type == "application/json":
+            try:
+                parsed = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise bad_request("bad_body", "the request body is not valid JSON") from exc
+            if not isinstance(parsed, dict):
+                raise bad_request("bad_body", "the JSON body must be an object")
+            for key, value in parsed.items():
+                scalar = _scalar(key, value)
+                if scalar is not None:
+                    params.setdefault(clean(key), scalar)
+        else:
+            text = body.decode("utf-8", "replace")
+            for key, value in parse_qsl(text, keep_blank_values=True):
+                params.setdefault(clean(key), clean(value))
+    for key, value in request.query.items():
+        params.setdefault(clean(key), clean(value))
+    return params
+
+
+def request_record(request: web.Request, endpoint: str, body: bytes) -> dict[str, Any]:
+    """What the postback log keeps of a request (the answer is added later)."""
+    return {
+        "request_id": str(uuid.uuid4()),
+        "endpoint": endpoint,
+        "method": request.method,
+        "path": clean(request.path)[:MAX_FIELD],
+        "query": clean(request.query_string)[:MAX_RECORDED],
+        "body": body.decode("utf-8", "replace")[:MAX_RECORDED],
+        "ip": request.remote,
+        "received_at": datetime.now(UTC).isoformat(),
+    }
+
+
+def summarize(record: dict[str, Any], params: dict[str, str]) -> None:
+    """Add the identifying parameters to a log record (truncated)."""
+    for name in ("clickid", "user_id", "spot", "goal", "txid"):
+        value = params.get(name)
+        record[name] = value[:MAX_FIELD] if value else None
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """An operator request's JSON object body, or a 400 saying what is wrong with it."""
+    raw = await read_body(request) if request.method == "POST" else await request.read()
+    if not raw:
+        return {}
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request("bad_json", "the request body is not valid JSON") from exc
+    if not isinstance(parsed, dict):
+        raise bad_request("bad_json", "the request body must be a JSON object")
+    return parsed

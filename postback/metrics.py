@@ -1,0 +1,50 @@
+"""Prometheus metrics, one registry per application (tests build many apps)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "postback_http_requests",
+            "HTTP requests by route and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "postback_http_request_seconds",
+            "Time to answer an HTTP request",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.append_seconds = Histogram(
+            "postback_append_batch_seconds",
+            "Time to commit one group-commit batch of the event log",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_events = Histogram(
+            "postback_append_batch_events",
+            "Events per group-commit batch",
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.projection_lag = Gauge(
+            "postback_projection_lag_events",
+            "Events of the log not yet applied by the projections",
+            registry=self.registry,
+        )
+
+    def observe_batch(self, events: int, seconds: float) -> None:
+        self.batch_events.observe(events)
+        self.append_seconds.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,76 @@
+"""The postback log for operators (``GET /api/v1/postbacks``), served by a projection.
+
+The projection runner runs inside the service; a listing first waits (briefly) for the
+projection to reach the log's current end, so an operator sees the postback they just
+sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from functools import partial
+
+from aiohttp import web
+
+from postback.http import json_response
+from postback.keys import CONFIG, METRICS, STORE
+from postback.operator import account_of, int_param
+from projections.postback_log import PostbackLogProjection, list_postbacks
+from projections.runner import ProjectionRunner
+
+RUNNER = web.AppKey("projection_runner", ProjectionRunner)
+_FRESHNESS_WAIT = 5.0
+
+
+@contextlib.asynccontextmanager
+async def projections(app: web.Application) -> AsyncIterator[None]:
+    """Run the projections beside the service for as long as it runs."""
+    runner = ProjectionRunner(app[STORE], [PostbackLogProjection()])
+    app[RUNNER] = runner
+    task = (
+        asyncio.get_running_loop().create_task(runner.run())
+        if app[CONFIG].run_projections
+        else None
+    )
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await runner.close()
+
+
+async def list_postback_log(request: web.Request) -> web.Response:
+    account = await account_of(request)
+    clickid = request.query.get("clickid") or None
+    status = int_param(request, "status", 0, low=0, high=599) or None
+    after = int_param(request, "after", 0)
+    limit = int_param(request, "limit", 100, low=1, high=1000)
+    runner = request.app[RUNNER]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(
+            runner.wait_until(await request.app[STORE].last_position()), _FRESHNESS_WAIT
+        )
+    rows = await runner.query(
+        partial(
+            list_postbacks,
+            account_id=account.id,
+            clickid=clickid,
+            status=status,
+            after=after,
+            limit=limit,
+        )
+    )
+    return json_response({"postbacks": rows, "next_after": rows[-1]["position"] if rows else after})
+
+
+def observe_lag(app: web.Application) -> None:
+    app[METRICS].projection_lag.set(app[RUNNER].lag)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/v1/postbacks", list_postback_log)

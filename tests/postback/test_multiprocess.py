@@ -1,0 +1,90 @@
+"""Two service processes on one SQLite file: racing postbacks still have one winner."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+ADMIN = "admin-secret"
+
+
+def _start(db: Path) -> tuple[subprocess.Popen[str], str]:
+    env = {**os.environ, "POSTBACK_ADMIN_TOKEN": ADMIN}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "postback", "serve", "--db", str(db), "--port", "0"],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stderr is not None
+    lines = []
+    for line in process.stderr:  # the server announces its address once it listens
+        lines.append(line)
+        if line.startswith("postback: serving"):
+            # Keep draining stderr (access logs), or the server blocks on a full pipe.
+            threading.Thread(target=process.stderr.read, daemon=True).start()
+            return process, line.split(" on ")[-1].strip()
+    raise AssertionError(f"the server did not start (exit {process.wait()}): {''.join(lines)}")
+
+
+@pytest.fixture
+def two_servers(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    db = tmp_path / "shared.db"
+    started = [_start(db), _start(db)]
+    try:
+        yield started[0][1], started[1][1]
+    finally:
+        for process, _ in started:
+            process.terminate()
+            process.wait(timeout=30)
+            assert process.stderr is not None
+            process.stderr.close()
+
+
+@pytest.mark.slow
+async def test_racing_postbacks_across_two_processes_have_one_winner(
+    two_servers: tuple[str, str],
+) -> None:
+    first, second = two_servers
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{first}/api/v1/accounts",
+            json={"name": "Racers"},
+            headers={"Authorization": f"Bearer {ADMIN}"},
+        ) as response:
+            key = (await response.json())["api_key"]
+        auth = {"Authorization": f"Bearer {key}"}
+        async with http.post(f"{first}/api/v1/spots", json={"title": "bot"}, headers=auth) as r:
+            token = (await r.json())["token"]
+        async with http.post(
+            f"{first}/api/v1/subscribers",
+            json={"spot": token, "user_id": "1", "clickid": "RACE"},
+            headers=auth,
+        ) as r:
+            assert r.status == 201
+
+        async def send(base: str, goal: str) -> int:
+            async with http.get(f"{base}/postback/", params={"clickid": "RACE", "goal": goal}) as r:
+                await r.read()
+                return r.status
+
+        for goal in ("reg", "dep"):
+            statuses = await asyncio.gather(
+                *(send(first if i % 2 else second, goal) for i in range(40))
+            )
+            assert sorted(statuses) == [200] + [409] * 39, goal
+
+        # The process that did not create the subscriber sees its whole history too.
+        async with http.get(f"{second}/api/v1/subscribers/1", headers=auth) as r:
+            view = await r.json()
+        assert view["goals"]["reg"]["count"] == 1
+        assert view["goals"]["dep"]["count"] == 1

@@ -1,0 +1,161 @@
+"""The postback_log projection and list_postbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from eventstore.base import NewEvent, RecordedEvent
+from eventstore.sqlite import SQLiteEventStore
+from projections.postback_log import COLUMNS, PostbackLogProjection, list_postbacks, row_of
+from projections.runner import ProjectionRunner
+from tests.projections.conftest import RunnerFactory
+from tests.projections.helpers import event, goal_reached, postback_meta, rejected
+
+
+async def listed(runner: ProjectionRunner, **filters: Any) -> list[dict[str, Any]]:
+    arguments: dict[str, Any] = {
+        "account_id": None,
+        "clickid": None,
+        "status": None,
+        "after": 0,
+        "limit": 100,
+    }
+    arguments.update(filters)
+    return await runner.query(lambda conn: list_postbacks(conn, **arguments))
+
+
+@pytest.fixture
+async def runner(store: SQLiteEventStore, make_runner: RunnerFactory) -> ProjectionRunner:
+    """A postback log over: 1 accepted (account 1, ABC), 2 rejected (account 1 and unknown),
+    3 accepted (account 2, XYZ), 4 no postback, 5 accepted (account 1, ABC, dep)."""
+    await store.append("subscriber-1", [goal_reached(1, postback_meta("r1", clickid="ABC"))])
+    await store.append(
+        "postback-log", [rejected(1, postback_meta("r2", status=404, clickid="NOPE"))]
+    )
+    await store.append(
+        "postback-log", [rejected(None, postback_meta("r3", status=401, clickid=None))]
+    )
+    await store.append("subscriber-2", [goal_reached(2, postback_meta("r4", clickid="XYZ"))])
+    await store.append("accounts", [event("AccountCreated", account_id=3, name="n")])
+    await store.append(
+        "subscriber-1", [goal_reached(1, postback_meta("r5", clickid="ABC", goal="dep"), "dep")]
+    )
+    made = make_runner([PostbackLogProjection()])
+    await made.catch_up()
+    return made
+
+
+async def test_rows_are_json_ready_and_complete(runner: ProjectionRunner) -> None:
+    rows = await listed(runner)
+    assert [row["request_id"] for row in rows] == ["r1", "r2", "r3", "r4", "r5"]
+    assert [row["position"] for row in rows] == [1, 2, 3, 4, 6]
+    first = rows[0]
+    assert tuple(first) == COLUMNS
+    assert first == {
+        "position": 1,
+        "request_id": "r1",
+        "endpoint": "postback",
+        "clickid": "ABC",
+        "user_id": "7788",
+        "spot": "spot-token",
+        "goal": "reg",
+        "txid": None,
+        "status": 200,
+        "ip": "203.0.113.7",
+        "method": "GET",
+        "path": "/postback/",
+        "query": "clickid=ABC&goal=reg",
+        "received_at": "2026-11-24T12:00:00.123456+00:00",
+        "response": {"success": True},
+    }
+    assert rows[1]["status"] == 404
+    assert rows[1]["response"] == {"success": False}
+
+
+async def test_accounts_see_only_their_rows(runner: ProjectionRunner) -> None:
+    assert [r["request_id"] for r in await listed(runner, account_id=1)] == ["r1", "r2", "r5"]
+    assert [r["request_id"] for r in await listed(runner, account_id=2)] == ["r4"]
+    assert await listed(runner, account_id=3) == []
+    # the unknown-account rejection is for the admin only
+    assert "r3" in [r["request_id"] for r in await listed(runner, account_id=None)]
+
+
+async def test_filters(runner: ProjectionRunner) -> None:
+    by_clickid = await listed(runner, account_id=1, clickid="ABC")
+    assert [r["request_id"] for r in by_clickid] == ["r1", "r5"]
+    assert await listed(runner, account_id=2, clickid="ABC") == []
+    assert [r["request_id"] for r in await listed(runner, status=200)] == ["r1", "r4", "r5"]
+    assert [r["request_id"] for r in await listed(runner, account_id=1, status=404)] == ["r2"]
+    assert [r["request_id"] for r in await listed(runner, status=401)] == ["r3"]
+
+
+async def test_paging_by_position(runner: ProjectionRunner) -> None:
+    pages: list[str] = []
+    after = 0
+    while page := await listed(runner, account_id=1, after=after, limit=2):
+        pages.append(",".join(r["request_id"] for r in page))
+        after = page[-1]["position"]
+    assert pages == ["r1,r2", "r5"]
+    assert await listed(runner, after=6) == []
+    assert await listed(runner, limit=0) == []
+    with pytest.raises(ValueError, match="limit"):
+        await listed(runner, limit=-1)
+
+
+async def test_one_request_two_events_one_row(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    meta = postback_meta("same", clickid="C1", goal="dep")
+    player = NewEvent("PlayerIdAssigned", {"subscriber_id": 1, "account_id": 1}, meta)
+    await store.append("subscriber-1", [player, goal_reached(1, meta, "dep")])
+    runner = make_runner([PostbackLogProjection()])
+    await runner.catch_up()
+    # and a retry of the same request arriving in a later batch is ignored too
+    await store.append("subscriber-1", [goal_reached(1, meta, "dep")])
+    await runner.catch_up()
+    rows = await listed(runner)
+    assert [(r["request_id"], r["position"]) for r in rows] == [("same", 1)]
+
+
+async def test_run_lists_a_postback_once_it_is_appended(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    runner = make_runner([PostbackLogProjection()])
+    task = asyncio.create_task(runner.run())
+    result = await store.append("subscriber-1", [goal_reached(1, postback_meta("live"))])
+    await runner.wait_until(result.last_position)  # read your own writes
+    assert [r["request_id"] for r in await listed(runner, account_id=1)] == ["live"]
+    await runner.close()
+    await task
+
+
+def recorded_event(data: dict[str, Any], metadata: dict[str, Any]) -> RecordedEvent:
+    return RecordedEvent(
+        position=7,
+        stream="postback-log",
+        version=1,
+        event_id=uuid.UUID(int=5),
+        type="PostbackRejected",
+        schema_version=1,
+        data=data,
+        metadata=metadata,
+        recorded_at=datetime.now(UTC),
+        hash=b"",
+    )
+
+
+def test_row_of_edge_cases() -> None:
+    assert row_of(recorded_event({"account_id": 1}, {})) is None
+    assert row_of(recorded_event({"account_id": 1}, {"postback": "text"})) is None
+    # no status in the metadata: the data's (PostbackRejected); none at all: no row
+    row = row_of(recorded_event({"account_id": True, "status": 400}, {"postback": {}}))
+    assert row is not None
+    assert row[0] == str(uuid.UUID(int=5))  # no request_id: the event id
+    assert row[2] is None  # a bool is not an account id
+    assert row[9] == 400
+    assert row_of(recorded_event({}, {"postback": {"status": "200"}})) is None

@@ -1,0 +1,288 @@
+"""The generic runner: checkpoints atomic with rows, batching, live following, rebuild."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Sequence
+
+import pytest
+
+from eventstore.base import RecordedEvent
+from eventstore.sqlite import SQLiteEventStore
+from projections.runner import ProjectionRunner, ProjectionStoppedError
+from tests.projections.conftest import RunnerFactory
+from tests.projections.helpers import Boom, Recording, event, recorded, stored_checkpoints
+
+
+async def append_n(store: SQLiteEventStore, n: int, stream: str = "s") -> int:
+    result = await store.append(stream, [event("Happened", i=i) for i in range(n)])
+    return result.last_position
+
+
+async def test_catch_up_applies_the_log_and_stores_the_checkpoint(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    await append_n(store, 10)
+    runner = make_runner([Recording()])
+    assert await runner.catch_up() == 10
+    rows = await recorded(runner)
+    assert [row[0] for row in rows] == list(range(1, 11))
+    assert await stored_checkpoints(runner) == {"recording": 10}
+    assert runner.checkpoints == {"recording": 10}
+    assert runner.lag == 0
+    assert await runner.catch_up() == 10  # nothing new: nothing applied again
+    assert len(await recorded(runner)) == 10
+
+
+async def test_empty_log(store: SQLiteEventStore, make_runner: RunnerFactory) -> None:
+    runner = make_runner([Recording()])
+    assert await runner.catch_up() == 0
+    assert await stored_checkpoints(runner) == {"recording": 0}
+    await runner.wait_until(0)
+
+
+async def test_a_failure_rolls_back_rows_and_checkpoint_together(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    await append_n(store, 10)
+    failing = Recording(fail_at=6)
+    runner = make_runner([failing], batch_size=4)
+    with pytest.raises(Boom):
+        await runner.catch_up()
+    # batch 1..4 committed; batch 5..8 failed after inserting 5: rolled back, all of it
+    assert failing.calls == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    assert [row[0] for row in await recorded(runner)] == [1, 2, 3, 4]
+    assert await stored_checkpoints(runner) == {"recording": 4}
+    assert runner.checkpoints == {"recording": 4}
+    assert runner.lag == 6
+    await runner.close()
+
+    # a restart (a new runner, the projection fixed) resumes at the checkpoint
+    fixed = Recording()
+    restarted = make_runner([fixed], batch_size=4)
+    assert await restarted.catch_up() == 10
+    assert fixed.calls == [[5, 6, 7, 8], [9, 10]]
+    assert [row[0] for row in await recorded(restarted)] == list(range(1, 11))
+    assert await stored_checkpoints(restarted) == {"recording": 10}
+
+
+async def test_one_projection_failing_rolls_back_the_others_batch_too(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    await append_n(store, 5)
+    runner = make_runner([Recording("good"), Recording("bad", fail_at=3)], batch_size=2)
+    with pytest.raises(Boom):
+        await runner.catch_up()
+    assert await stored_checkpoints(runner) == {"good": 2, "bad": 2}
+    assert [row[0] for row in await recorded(runner, "good")] == [1, 2]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 7, 1000])
+async def test_catch_up_in_batches_equals_one_batch(
+    store: SQLiteEventStore, make_runner: RunnerFactory, batch_size: int
+) -> None:
+    for stream in ("a", "b", "a", "c"):
+        await append_n(store, 5, stream)
+    whole = make_runner([Recording("whole")], batch_size=10_000)
+    batched = make_runner([Recording("batched")], batch_size=batch_size)
+    assert await whole.catch_up() == 20
+    assert await batched.catch_up() == 20
+    assert await recorded(whole, "whole") == await recorded(batched, "batched")
+
+
+async def test_a_projection_added_later_catches_up_alone(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    await append_n(store, 6)
+    old = make_runner([Recording("old")])
+    await old.catch_up()
+    await old.close()
+    await append_n(store, 2)
+    kept, added = Recording("old"), Recording("new")
+    runner = make_runner([kept, added], batch_size=3)
+    assert await runner.catch_up() == 8
+    assert kept.calls == [[7, 8]]
+    assert [row[0] for row in await recorded(runner, "new")] == list(range(1, 9))
+    assert [row[0] for row in await recorded(runner, "old")] == list(range(1, 9))
+
+
+async def test_two_runners_on_one_file_never_apply_an_event_twice(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    await append_n(store, 50)
+    first = make_runner([Recording()], batch_size=7)
+    second = make_runner([Recording()], batch_size=5)
+    reached = await asyncio.gather(first.catch_up(), second.catch_up())
+    assert list(reached) == [50, 50]
+    assert [row[0] for row in await recorded(first)] == list(range(1, 51))
+
+
+async def test_a_runner_behind_another_applies_only_what_is_past_the_stored_checkpoint(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    await append_n(store, 10)
+    stale_projection = Recording()
+    stale = make_runner([stale_projection], batch_size=6)
+    await stale.open()  # it has read the checkpoints: 0
+    other = make_runner([Recording(fail_at=5)], batch_size=4)  # another process: up to 4
+    with pytest.raises(Boom):
+        await other.catch_up()
+    assert await stored_checkpoints(other) == {"recording": 4}
+    assert await stale.catch_up() == 10
+    # it read 1..6 from its stale checkpoint, but the stored one said 4
+    assert stale_projection.calls == [[5, 6], [7, 8, 9, 10]]
+    assert [row[0] for row in await recorded(stale)] == list(range(1, 11))
+
+
+async def test_run_follows_live_appends(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    await append_n(store, 3)
+    runner = make_runner([Recording()], batch_size=2)
+    task = asyncio.create_task(runner.run())
+    await runner.wait_until(3)
+    for _ in range(3):
+        last = await append_n(store, 4)
+        await runner.wait_until(last)
+        assert [row[0] for row in await recorded(runner)] == list(range(1, last + 1))
+        assert runner.lag == 0
+    runner.stop()
+    await task  # returns once stopped, even while waiting for the log
+    assert task.result() is None
+
+
+async def test_stop_takes_effect_between_batches(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    await append_n(store, 20)
+    loop = asyncio.get_running_loop()
+    runner: ProjectionRunner
+
+    class Stopping(Recording):
+        def apply_batch(self, conn: sqlite3.Connection, events: Sequence[RecordedEvent]) -> None:
+            super().apply_batch(conn, events)
+            if events[-1].position == 3:  # (in the worker thread)
+                loop.call_soon_threadsafe(runner.stop)
+
+    runner = make_runner([Stopping()], batch_size=1)
+    await runner.run()
+    assert await stored_checkpoints(runner) == {"recording": 3}
+
+
+async def test_run_retries_after_a_transient_database_error(
+    store: SQLiteEventStore, make_runner: RunnerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    class LockedOnce(Recording):
+        def apply_batch(self, conn: sqlite3.Connection, events: Sequence[RecordedEvent]) -> None:
+            if not self.calls:
+                self.calls.append([])
+                raise sqlite3.OperationalError("database is locked")
+            super().apply_batch(conn, events)
+
+    projection = LockedOnce()
+    runner = make_runner([projection])
+    task = asyncio.create_task(runner.run())
+    await runner.wait_until(0)
+    last = await append_n(store, 3)
+    await runner.wait_until(last)  # after one failed attempt and a short backoff
+    assert "database is locked" in caplog.text
+    assert [row[0] for row in await recorded(runner)] == [1, 2, 3]
+    await runner.close()
+    await task
+
+
+async def test_close_ends_run_and_wakes_waiters(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    runner = make_runner([Recording()])
+    task = asyncio.create_task(runner.run())
+    waiter = asyncio.create_task(runner.wait_until(1_000))
+    await runner.wait_until(0)
+    await runner.close()
+    await task
+    with pytest.raises(ProjectionStoppedError):
+        await waiter
+    with pytest.raises(ProjectionStoppedError):
+        await runner.catch_up()
+    await runner.close()  # idempotent
+
+
+async def test_a_failing_run_fails_its_waiters(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    runner = make_runner([Recording(fail_at=2)])
+    task = asyncio.create_task(runner.run())
+    waiter = asyncio.create_task(runner.wait_until(2))
+    await append_n(store, 1)
+    await runner.wait_until(1)
+    await append_n(store, 1)
+    with pytest.raises(Boom):
+        await task
+    with pytest.raises(ProjectionStoppedError) as caught:
+        await waiter
+    assert isinstance(caught.value.__cause__, Boom)
+
+
+async def test_cancelling_run(store: SQLiteEventStore, make_runner: RunnerFactory) -> None:
+    runner = make_runner([Recording()])
+    task = asyncio.create_task(runner.run())
+    await runner.wait_until(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await runner.catch_up() == 0  # still usable
+
+
+async def test_rebuild_gives_identical_rows(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    await append_n(store, 12)
+    one, two = Recording("one"), Recording("two")
+    runner = make_runner([one, two], batch_size=5)
+    await runner.catch_up()
+    before_one, before_two = await recorded(runner, "one"), await recorded(runner, "two")
+    one.calls.clear()
+    two.calls.clear()
+
+    assert await runner.rebuild(["one"]) == 12
+    assert one.calls == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [11, 12]]
+    assert two.calls == []
+    assert await recorded(runner, "one") == before_one
+
+    assert await runner.rebuild() == 12
+    assert await recorded(runner, "one") == before_one
+    assert await recorded(runner, "two") == before_two
+    assert await stored_checkpoints(runner) == {"one": 12, "two": 12}
+    with pytest.raises(ValueError, match="unknown"):
+        await runner.rebuild(["three"])
+
+
+async def test_a_reset_by_another_runner_is_noticed(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    await append_n(store, 6)
+    this = make_runner([Recording()], batch_size=4)
+    await this.catch_up()
+    # another runner (process) resets the projection, then fails rebuilding it
+    other = make_runner([Recording(fail_at=3)], batch_size=4)
+    with pytest.raises(Boom):
+        await other.rebuild()
+    assert await stored_checkpoints(other) == {"recording": 0}
+    await append_n(store, 2)
+    # this runner believed 6: the stored checkpoint says 0, so it starts over from there
+    assert this.position == 6
+    assert await this.catch_up() == 8
+    assert [row[0] for row in await recorded(this)] == list(range(1, 9))
+
+
+def test_invalid_arguments() -> None:
+    class FakeStore:
+        path = ":memory:"
+
+    with pytest.raises(ValueError, match="at least one"):
+        ProjectionRunner(FakeStore(), [])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unique"):
+        ProjectionRunner(FakeStore(), [Recording(), Recording()])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="in memory"):
+        ProjectionRunner(FakeStore(), [Recording()])  # type: ignore[arg-type]
