@@ -107,14 +107,6 @@ async def _configure(conn: aiosqlite.Connection, pragmas: Sequence[str]) -> None
     await _in_thread(conn, apply)
 
 
-class _Pending:
-    __slots__ = ("future", "request")
-
-    def __init__(self, request: AppendRequest, future: asyncio.Future[AppendResult]) -> None:
-        self.request = request
-        self.future = future
-
-
 def _utf8(text: str, what: str) -> bytes:
     try:
         return text.encode()
@@ -176,7 +168,10 @@ class SQLiteEventStore(EventStore):
         self._upcasters = upcasters if upcasters else None
         self._poll_interval = poll_interval
         self._max_batch_events = max_batch_events
-        self._pending: list[_Pending] = []
+        # Appends waiting for the writer, and their callers' futures, index by index.
+        self._pending: list[AppendRequest] = []
+        self._waiters: list[asyncio.Future[AppendResult]] = []
+        self._loop = asyncio.get_running_loop()
         self._writer_cache = WriterCache()
         self._wakeup = asyncio.Event()
         self._new_events = asyncio.Event()
@@ -255,18 +250,19 @@ class SQLiteEventStore(EventStore):
         events: Sequence[NewEvent],
         expected_version: ExpectedVersion = ANY,
     ) -> AppendResult:
-        self._check_open()
-        if not isinstance(stream, str) or not stream:
+        if self._closed:
+            raise StoreClosedError("the event store is closed")
+        if type(stream) is not str or not stream:
             raise InvalidEventError("a stream name must be a non-empty string")
-        if not isinstance(expected_version, StreamState) and (
-            type(expected_version) is not int or expected_version < 0
+        if (type(expected_version) is not int or expected_version < 0) and not isinstance(
+            expected_version, StreamState
         ):
             raise InvalidEventError(f"invalid expected version {expected_version!r}")
-        request = AppendRequest(
-            stream, _utf8(stream, "stream name"), _encode(events), expected_version
+        self._pending.append(
+            AppendRequest(stream, _utf8(stream, "stream name"), _encode(events), expected_version)
         )
-        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(request, future))
+        future: asyncio.Future[AppendResult] = self._loop.create_future()
+        self._waiters.append(future)
         self._wakeup.set()
         return await future
 
@@ -278,48 +274,50 @@ class SQLiteEventStore(EventStore):
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            batch = self._take_batch()
+            batch, waiters = self._take_batch()
             try:
-                requests = [pending.request for pending in batch]
                 started = time.perf_counter()
                 outcomes = await _in_thread(
-                    self._writer, partial(commit_batch, batch=requests, cache=self._writer_cache)
+                    self._writer, partial(commit_batch, batch=batch, cache=self._writer_cache)
                 )
             except asyncio.CancelledError:
-                for pending in batch:
-                    pending.future.cancel()
+                for waiter in waiters:
+                    waiter.cancel()
                 raise
             except BaseException as exc:
                 error = exc if isinstance(exc, EventStoreError) else StoreUnavailableError(str(exc))
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(error)
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(error)
                 continue
             if self._on_batch is not None:
-                self._on_batch(sum(len(r.events) for r in requests), time.perf_counter() - started)
-            self._release(batch, outcomes)
+                self._on_batch(sum(len(r.events) for r in batch), time.perf_counter() - started)
+            self._release(waiters, outcomes)
 
-    def _take_batch(self) -> list[_Pending]:
+    def _take_batch(self) -> tuple[list[AppendRequest], list[asyncio.Future[AppendResult]]]:
         taken = 0
         count = 0
-        for pending in self._pending:
-            if taken and taken + len(pending.request.events) > self._max_batch_events:
+        for request in self._pending:
+            if taken and taken + len(request.events) > self._max_batch_events:
                 break
-            taken += len(pending.request.events)
+            taken += len(request.events)
             count += 1
         batch, self._pending = self._pending[:count], self._pending[count:]
-        return batch
+        waiters, self._waiters = self._waiters[:count], self._waiters[count:]
+        return batch, waiters
 
-    def _release(self, batch: list[_Pending], outcomes: list[Outcome]) -> None:
+    def _release(
+        self, waiters: list[asyncio.Future[AppendResult]], outcomes: list[Outcome]
+    ) -> None:
         last = self._last_committed
-        for pending, outcome in zip(batch, outcomes, strict=True):
+        for waiter, outcome in zip(waiters, outcomes, strict=True):
             if isinstance(outcome, AppendResult):
-                if not outcome.duplicate:
-                    last = max(last, outcome.last_position)
-                if not pending.future.done():
-                    pending.future.set_result(outcome)
-            elif not pending.future.done():
-                pending.future.set_exception(outcome)
+                if not outcome.duplicate and outcome.last_position > last:
+                    last = outcome.last_position
+                if not waiter.done():
+                    waiter.set_result(outcome)
+            elif not waiter.done():
+                waiter.set_exception(outcome)
         if last > self._last_committed:
             self._last_committed = last
             self._new_events.set()

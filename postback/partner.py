@@ -5,7 +5,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from postback.errors import ApiError
-from postback.http import json_response, partner_params, read_body, request_record, summarize
+from postback.http import (
+    clean,
+    json_response,
+    partner_params,
+    read_body,
+    request_record,
+    summarize,
+)
 from postback.keys import PARTNERS
 from postback.service import Answer, PartnerRequest
 
@@ -14,7 +21,14 @@ CHAT_PATHS = ("/spot/postback/chat",)
 
 
 async def _partner_request(request: web.Request, endpoint: str) -> PartnerRequest | Answer:
-    body = await read_body(request)
+    """The parsed request, or the answer already given (and logged) to an unparseable one."""
+    try:
+        body = await read_body(request)
+    except ApiError as error:  # too large to read: logged without its body
+        record = request_record(request, endpoint, b"")
+        summarize(record, {clean(k): clean(v) for k, v in reversed(list(request.query.items()))})
+        await request.app[PARTNERS].log_rejection(record, None, error)
+        return Answer(error.status, error.body)
     record = request_record(request, endpoint, body)
     try:
         params = partner_params(request, body)

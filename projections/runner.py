@@ -1,4 +1,4 @@
-"""Projections: read models folded from the log, kept in tables beside it (SQLite backend).
+"""Projections: read models folded from the log, kept in an SQLite file of their own.
 
 A :class:`Projection` turns batches of :class:`~eventstore.base.RecordedEvent` into rows.
 A :class:`ProjectionRunner` feeds it the log in order and records, per projection, the
@@ -20,6 +20,7 @@ import asyncio
 import bisect
 import contextlib
 import logging
+import os
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -182,8 +183,18 @@ def _reset(conn: sqlite3.Connection, projections: Sequence[Projection]) -> dict[
     return _transaction(conn, body)
 
 
+def projections_path(log_path: str) -> str:
+    """Where projections live by default: beside the log, ``x.db`` -> ``x.projections.db``.
+
+    A file of their own: their writes never wait for (or hold up) the log's single
+    writer, and they can be deleted and rebuilt from the log at any time.
+    """
+    root, ext = os.path.splitext(log_path)
+    return f"{root}.projections{ext or '.db'}"
+
+
 class ProjectionRunner:
-    """Keeps ``projections`` up to date with the log of ``store`` (same SQLite file).
+    """Keeps ``projections`` up to date with the log of ``store`` (in a file of their own).
 
     Connections are opened on first use (or by :meth:`open`); call :meth:`close` at the end,
     before closing the store. Typical use::
@@ -203,6 +214,7 @@ class ProjectionRunner:
         *,
         batch_size: int = 5000,
         idle_timeout: float = 5.0,
+        path: str | os.PathLike[str] | None = None,
     ) -> None:
         names = [projection.name for projection in projections]
         if not names:
@@ -214,6 +226,7 @@ class ProjectionRunner:
         if store.path in ("", ":memory:") or store.path.startswith("file::memory:"):
             raise ValueError("projections need the log in a file, not in memory")
         self._store = store
+        self._path = os.fspath(path) if path is not None else projections_path(store.path)
         self._projections = tuple(projections)
         self._batch_size = batch_size
         self._idle_timeout = idle_timeout
@@ -263,17 +276,19 @@ class ProjectionRunner:
             if self._writer is not None:
                 return
             writer = await _connect(
-                self._store.path,
+                self._path,
                 [
                     "PRAGMA busy_timeout = 10000",
                     "PRAGMA journal_mode = WAL",
-                    "PRAGMA synchronous = FULL",
+                    # Rows and checkpoint still commit atomically together; a commit lost
+                    # on power loss is simply applied again from the log.
+                    "PRAGMA synchronous = NORMAL",
                 ],
             )
             try:
                 stored = await _in_thread(writer, lambda raw: _setup(raw, self._projections))
                 reader = await _connect(
-                    self._store.path, ["PRAGMA busy_timeout = 10000", "PRAGMA query_only = 1"]
+                    self._path, ["PRAGMA busy_timeout = 10000", "PRAGMA query_only = 1"]
                 )
             except BaseException:
                 await writer.close()
