@@ -16,7 +16,7 @@ from aiohttp import web
 
 from eventstore import EventStoreError, StoreUnavailableError
 from eventstore.sqlite import SQLiteEventStore
-from postback import operator, partner, postbacks
+from postback import operator, partner, postbacks, stats
 from postback.config import Config
 from postback.directory import Directory
 from postback.errors import ApiError
@@ -114,6 +114,7 @@ def create_app(config: Config) -> web.Application:
     partner.add_routes(app)
     operator.add_routes(app)
     postbacks.add_routes(app)
+    stats.add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_endpoint)
     return app

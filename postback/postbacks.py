@@ -17,6 +17,7 @@ from aiohttp import web
 from postback.http import json_response
 from postback.keys import CONFIG, METRICS, STORE
 from postback.operator import account_of, int_param
+from projections.goal_stats import GoalStatsProjection
 from projections.postback_log import PostbackLogProjection, list_postbacks
 from projections.runner import ProjectionRunner
 
@@ -27,7 +28,7 @@ _FRESHNESS_WAIT = 5.0
 @contextlib.asynccontextmanager
 async def projections(app: web.Application) -> AsyncIterator[None]:
     """Run the projections beside the service for as long as it runs."""
-    runner = ProjectionRunner(app[STORE], [PostbackLogProjection()])
+    runner = ProjectionRunner(app[STORE], [PostbackLogProjection(), GoalStatsProjection()])
     app[RUNNER] = runner
     task = (
         asyncio.get_running_loop().create_task(runner.run())
@@ -50,11 +51,7 @@ async def list_postback_log(request: web.Request) -> web.Response:
     status = int_param(request, "status", 0, low=0, high=599) or None
     after = int_param(request, "after", 0)
     limit = int_param(request, "limit", 100, low=1, high=1000)
-    runner = request.app[RUNNER]
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(
-            runner.wait_until(await request.app[STORE].last_position()), _FRESHNESS_WAIT
-        )
+    runner = await fresh_runner(request)
     rows = await runner.query(
         partial(
             list_postbacks,
@@ -66,6 +63,16 @@ async def list_postback_log(request: web.Request) -> web.Response:
         )
     )
     return json_response({"postbacks": rows, "next_after": rows[-1]["position"] if rows else after})
+
+
+async def fresh_runner(request: web.Request) -> ProjectionRunner:
+    """The runner, once it has applied the log up to now (waiting at most a few seconds)."""
+    runner = request.app[RUNNER]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(
+            runner.wait_until(await request.app[STORE].last_position()), _FRESHNESS_WAIT
+        )
+    return runner
 
 
 def observe_lag(app: web.Application) -> None:

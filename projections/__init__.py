@@ -1,12 +1,14 @@
-"""Read models folded from the event log, in tables beside it (SQLite backend).
+"""Read models folded from the event log, in an SQLite file of their own.
 
 Imports :mod:`eventstore` only. See :mod:`projections.runner` for the checkpoint contract.
 """
 
+from projections.goal_stats import GoalStatsProjection
 from projections.postback_log import PostbackLogProjection, list_postbacks
 from projections.runner import Projection, ProjectionRunner, ProjectionStoppedError
 
 __all__ = [
+    "GoalStatsProjection",
     "PostbackLogProjection",
     "Projection",
     "ProjectionRunner",

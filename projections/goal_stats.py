@@ -1,0 +1,271 @@
+"""The ``goal_stats`` projection: goals reached, per fact and per hour, with exact money.
+
+Its source is ``GoalReached`` (docs/events.md). Two tables:
+
+* ``goal_facts``: one row per ``GoalReached`` (``position`` is the key), with the time it was
+  recorded (``recorded_us``, microseconds since the Unix epoch, UTC) and its subscriber.
+  Exact unique subscribers for *any* grouping and time zone, and statistics ``as_of`` a past
+  time, need the individual facts: hourly uniques do not add up (a subscriber who reaches a
+  goal at 10:00 and 11:00 is one subscriber that day), and local days in a half-hour zone
+  (``Asia/Kolkata``) do not start on a UTC hour. :mod:`projections.stats_query` reads this
+  table.
+* ``goal_stats_hourly``: per account, spot, goal and UTC hour (``hour_us``, the hour's
+  start): ``count``, ``unique_subscribers`` (exact within that hour) and the sum. Upserted
+  with increments per batch; a subscriber counts as new in an hour if neither an earlier
+  fact in the table nor an earlier event of the batch has the same key and hour.
+
+Money is exact and never a float. ``amount`` is a decimal string (at most 15 integer digits
+and 8 decimal places, as ``postback.amounts`` accepts). Its 1e-8 units can exceed SQLite's
+64-bit integers (1e15 needs 1e23 units), so an amount is stored as two integers:
+``whole = floor(amount)`` and ``frac`` = the rest in units of 1e-8 (``0 <= frac < 10**8``).
+``SUM`` over either column is exact in SQL (SQLite raises on integer overflow rather than
+rounding, and that needs sums beyond 9.2e18). :func:`units_to_decimal` turns them back into a
+:class:`~decimal.Decimal`. A null or unreadable amount adds nothing to the sum (the goal still
+counts); an amount with more than 8 decimal places (which the service never writes) is rounded
+half-even to 8.
+
+Events whose data lack an integer ``account_id``, ``spot_id`` or ``subscriber_id`` or a
+string ``goal`` are skipped: a projection must not stop the runner on one bad event.
+``apply_batch`` also skips events at or below the highest position already in
+``goal_facts``, so applying a batch twice cannot double the hourly counts.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from typing import Final, NamedTuple
+
+from eventstore.base import RecordedEvent
+
+GOAL_REACHED: Final = "GoalReached"
+UNITS_PER_WHOLE: Final = 10**8
+"""``frac`` columns count units of 1e-8."""
+HOUR_US: Final = 3_600_000_000
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US: Final = timedelta(microseconds=1)
+_QUANTUM: Final = Decimal(1).scaleb(-8)
+_CENTS: Final = Decimal("0.01")
+MAX_AMOUNT: Final = Decimal(10) ** 15
+
+SCHEMA_SQL: Final[tuple[str, ...]] = (
+    """
+    CREATE TABLE IF NOT EXISTS goal_facts (
+        position INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL,
+        spot_id INTEGER NOT NULL,
+        goal TEXT NOT NULL,
+        subscriber_id INTEGER NOT NULL,
+        recorded_us INTEGER NOT NULL,
+        amount_whole INTEGER NOT NULL,
+        amount_frac INTEGER NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS goal_facts_account_time ON goal_facts (account_id, recorded_us)",
+    "CREATE INDEX IF NOT EXISTS goal_facts_time ON goal_facts (recorded_us)",
+    "CREATE INDEX IF NOT EXISTS goal_facts_subscriber ON goal_facts (subscriber_id, recorded_us)",
+    """
+    CREATE TABLE IF NOT EXISTS goal_stats_hourly (
+        account_id INTEGER NOT NULL,
+        spot_id INTEGER NOT NULL,
+        goal TEXT NOT NULL,
+        hour_us INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        unique_subscribers INTEGER NOT NULL,
+        sum_whole INTEGER NOT NULL,
+        sum_frac INTEGER NOT NULL,
+        PRIMARY KEY (account_id, spot_id, goal, hour_us)
+    ) WITHOUT ROWID
+    """,
+)
+
+_INSERT_FACT = (
+    "INSERT OR IGNORE INTO goal_facts (position, account_id, spot_id, goal, subscriber_id,"
+    " recorded_us, amount_whole, amount_frac) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SEEN_IN_HOUR = (
+    "SELECT 1 FROM goal_facts WHERE subscriber_id = ? AND recorded_us >= ? AND recorded_us < ?"
+    " AND account_id = ? AND spot_id = ? AND goal = ? LIMIT 1"
+)
+# SET expressions read the row's old values; frac stays in [0, 10**8).
+_UPSERT_HOUR = (
+    "INSERT INTO goal_stats_hourly (account_id, spot_id, goal, hour_us, count,"
+    " unique_subscribers, sum_whole, sum_frac) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (account_id, spot_id, goal, hour_us) DO UPDATE SET"
+    " count = count + excluded.count,"
+    " unique_subscribers = unique_subscribers + excluded.unique_subscribers,"
+    f" sum_whole = sum_whole + excluded.sum_whole"
+    f" + (sum_frac + excluded.sum_frac) / {UNITS_PER_WHOLE},"
+    f" sum_frac = (sum_frac + excluded.sum_frac) % {UNITS_PER_WHOLE}"
+)
+
+
+def to_us(moment: datetime) -> int:
+    """Microseconds since the Unix epoch (exact; a naive datetime is taken as UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - EPOCH) // _ONE_US
+
+
+def parse_amount(value: object) -> Decimal | None:
+    """The exact amount of a ``GoalReached`` (a decimal string), rounded half-even to 8
+    places if it has more; None for null, for anything that is not a finite number and for
+    magnitudes of 1e15 or more (the service refuses both at intake)."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    try:
+        amount = Decimal(value.strip() if isinstance(value, str) else value)
+    except InvalidOperation:
+        return None
+    if not amount.is_finite() or abs(amount) >= MAX_AMOUNT:
+        return None
+    exponent = amount.as_tuple().exponent
+    assert isinstance(exponent, int)
+    if exponent < -8:
+        amount = amount.quantize(_QUANTUM, rounding=ROUND_HALF_EVEN)
+    return amount
+
+
+def split_units(amount: Decimal | None) -> tuple[int, int]:
+    """``(whole, frac)``: ``amount == whole + frac * 1e-8`` with ``0 <= frac < 10**8``.
+
+    ``amount`` must have at most 8 decimal places (as :func:`parse_amount` returns them).
+    Integer arithmetic only: exact whatever the decimal context's precision.
+    """
+    if amount is None:
+        return 0, 0
+    sign, digits, exponent = amount.as_tuple()
+    assert isinstance(exponent, int)
+    assert exponent >= -8, amount
+    units = int("".join(map(str, digits)) or "0") * int(10 ** (exponent + 8))
+    return divmod(-units if sign else units, UNITS_PER_WHOLE)
+
+
+def units_to_decimal(whole: int | None, frac: int | None) -> Decimal:
+    """The exact value of ``whole + frac * 1e-8`` (None counts as 0, as from an empty SUM)."""
+    units = (whole or 0) * UNITS_PER_WHOLE + (frac or 0)
+    return Decimal(f"{units}E-8")  # built from a string: exact, no context rounding
+
+
+def format_amount(value: Decimal) -> str:
+    """Plain notation with at least two decimals: ``"0.30"``, ``"100.50"``, ``"0.12345678"``
+    (the same canonical form as ``postback.amounts.format_amount``)."""
+    normalized = value.normalize()
+    exponent = normalized.as_tuple().exponent
+    assert isinstance(exponent, int)
+    if exponent > -2:
+        normalized = normalized.quantize(_CENTS)
+    text = format(normalized, "f")
+    return text[1:] if text.startswith("-") and not normalized else text
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+class Fact(NamedTuple):
+    """A ``goal_facts`` row, its columns in order."""
+
+    position: int
+    account_id: int
+    spot_id: int
+    goal: str
+    subscriber_id: int
+    recorded_us: int
+    amount_whole: int
+    amount_frac: int
+
+    @property
+    def hour_us(self) -> int:
+        return self.recorded_us - self.recorded_us % HOUR_US
+
+
+def fact_of(event: RecordedEvent) -> Fact | None:
+    """The ``goal_facts`` row of ``event``; None if it is not a (well-formed) GoalReached."""
+    if event.type != GOAL_REACHED:
+        return None
+    data = event.data
+    account_id, spot_id = _int(data.get("account_id")), _int(data.get("spot_id"))
+    subscriber_id, goal = _int(data.get("subscriber_id")), data.get("goal")
+    if account_id is None or spot_id is None or subscriber_id is None:
+        return None
+    if not isinstance(goal, str):
+        return None
+    whole, frac = split_units(parse_amount(data.get("amount")))
+    return Fact(
+        event.position,
+        account_id,
+        spot_id,
+        goal,
+        subscriber_id,
+        to_us(event.recorded_at),
+        whole,
+        frac,
+    )
+
+
+@dataclass(slots=True)
+class _Hour:
+    """Increments of one ``goal_stats_hourly`` row within a batch."""
+
+    count: int = 0
+    uniques: int = 0
+    whole: int = 0
+    frac: int = 0
+
+    @property
+    def units(self) -> int:
+        return self.whole * UNITS_PER_WHOLE + self.frac
+
+
+class GoalStatsProjection:
+    """See the module docstring. Stateless: any number of runners may share one."""
+
+    name = "goal_stats"
+    schema_sql: Sequence[str] = SCHEMA_SQL
+
+    def apply_batch(self, conn: sqlite3.Connection, events: Sequence[RecordedEvent]) -> None:
+        facts = [fact for fact in map(fact_of, events) if fact is not None]
+        if not facts:
+            return
+        (applied,) = conn.execute("SELECT COALESCE(MAX(position), 0) FROM goal_facts").fetchone()
+        facts = [fact for fact in facts if fact.position > applied]
+        hours: dict[tuple[int, int, str, int], _Hour] = {}
+        seen: set[tuple[int, int, str, int, int]] = set()
+        for fact in facts:
+            key = (fact.account_id, fact.spot_id, fact.goal, fact.hour_us)
+            hour = hours.setdefault(key, _Hour())
+            hour.count += 1
+            hour.whole += fact.amount_whole
+            hour.frac += fact.amount_frac
+            if (*key, fact.subscriber_id) in seen:
+                continue
+            seen.add((*key, fact.subscriber_id))
+            earlier = conn.execute(
+                _SEEN_IN_HOUR,
+                (
+                    fact.subscriber_id,
+                    fact.hour_us,
+                    fact.hour_us + HOUR_US,
+                    fact.account_id,
+                    fact.spot_id,
+                    fact.goal,
+                ),
+            ).fetchone()
+            if earlier is None:
+                hour.uniques += 1
+        conn.executemany(_INSERT_FACT, facts)
+        conn.executemany(
+            _UPSERT_HOUR,
+            [
+                (*key, hour.count, hour.uniques, *divmod(hour.units, UNITS_PER_WHOLE))
+                for key, hour in hours.items()
+            ],
+        )
+
+    def reset(self, conn: sqlite3.Connection) -> None:
+        conn.execute("DROP TABLE IF EXISTS goal_facts")
+        conn.execute("DROP TABLE IF EXISTS goal_stats_hourly")
