@@ -17,8 +17,8 @@ from aiohttp import web
 from postback.http import json_response
 from postback.keys import CONFIG, METRICS, STORE
 from postback.operator import account_of, int_param
-from projections.goal_stats import GoalStatsProjection
-from projections.postback_log import PostbackLogProjection, list_postbacks
+from projections.catalog import all_projections
+from projections.postback_log import list_postbacks
 from projections.runner import ProjectionRunner
 
 RUNNER = web.AppKey("projection_runner", ProjectionRunner)
@@ -28,7 +28,7 @@ _FRESHNESS_WAIT = 5.0
 @contextlib.asynccontextmanager
 async def projections(app: web.Application) -> AsyncIterator[None]:
     """Run the projections beside the service for as long as it runs."""
-    runner = ProjectionRunner(app[STORE], [PostbackLogProjection(), GoalStatsProjection()])
+    runner = ProjectionRunner(app[STORE], all_projections())
     app[RUNNER] = runner
     task = (
         asyncio.get_running_loop().create_task(runner.run())

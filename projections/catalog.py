@@ -1,0 +1,12 @@
+"""Every projection the service keeps, in one place (the runner, rebuild and verify use it)."""
+
+from __future__ import annotations
+
+from projections.goal_stats import GoalStatsProjection
+from projections.postback_log import PostbackLogProjection
+from projections.runner import Projection
+
+
+def all_projections() -> list[Projection]:
+    """Fresh instances of every projection, in a stable order."""
+    return [PostbackLogProjection(), GoalStatsProjection()]
