@@ -82,7 +82,7 @@ def request_record(request: web.Request, endpoint: str, body: bytes) -> dict[str
         "endpoint": endpoint,
         "method": request.method,
         "path": clean(request.path)[:MAX_FIELD],
-        "query": clean(request.query_string)[:MAX_RECORDED],
+        "query": clean(request.rel_url.raw_query_string)[:MAX_RECORDED],
         "body": body.decode("utf-8", "replace")[:MAX_RECORDED],
         "ip": request.remote,
         "received_at": datetime.now(UTC).isoformat(),

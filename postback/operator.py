@@ -33,7 +33,14 @@ MAX_TEXT = 256
 def _bearer(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    try:
+        token.encode()
+    except UnicodeEncodeError as exc:  # raw non-UTF-8 bytes in the header
+        raise unauthorized("the Authorization header is not valid UTF-8") from exc
+    return token
 
 
 async def account_of(request: web.Request) -> Account:
@@ -65,26 +72,34 @@ def _text(body: dict[str, Any], name: str, *, required: bool, limit: int = MAX_T
     return value
 
 
+MAX_INTEGER = 2**63 - 1  # what SQLite (and PostgreSQL's bigint) can hold
+
+
+def _plain_integer(raw: str) -> int | None:
+    """Plain ASCII digits only (``int()`` also takes ``1_0``, " 1" and other scripts)."""
+    if not raw.isascii() or not raw.isdecimal() or len(raw) > 19:
+        return None
+    value = int(raw)
+    return value if value <= MAX_INTEGER else None
+
+
 def int_param(
-    request: web.Request, name: str, default: int, *, low: int = 0, high: int | None = None
+    request: web.Request, name: str, default: int, *, low: int = 0, high: int = MAX_INTEGER
 ) -> int:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise bad_request("bad_parameter", f"{name!r} must be an integer") from exc
-    if value < low or (high is not None and value > high):
-        raise bad_request("bad_parameter", f"{name!r} must be between {low} and {high}")
+    value = _plain_integer(raw)
+    if value is None or not low <= value <= high:
+        raise bad_request("bad_parameter", f"{name!r} must be an integer from {low} to {high}")
     return value
 
 
 def _path_id(request: web.Request) -> int:
-    try:
-        return int(request.match_info["id"])
-    except ValueError as exc:
-        raise not_found("not_found", "no such object") from exc
+    value = _plain_integer(request.match_info["id"])
+    if value is None:
+        raise not_found("not_found", "no such object")
+    return value
 
 
 # -- accounts ------------------------------------------------------------------------

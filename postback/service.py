@@ -8,6 +8,7 @@ way the entry is durable before the partner gets the answer.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from postback.amounts import AmountError, parse_amount
 from postback.decide import Conversion, decide, txid_event_id
 from postback.directory import Directory
 from postback.errors import ApiError, bad_request
+from postback.locks import KeyedLocks
 from postback.model import (
     POSTBACK_LOG,
     STANDARD_GOALS,
@@ -54,11 +56,19 @@ class Answer:
     body: dict[str, Any]
 
 
+def _numeric_if_possible(user_id: str) -> int | str:
+    """The Telegram id as a JSON number (as the seed shows it) when it is one that fits."""
+    if user_id.isascii() and user_id.isdecimal() and len(user_id) <= 18:
+        return int(user_id)
+    return user_id
+
+
 class PartnerService:
     def __init__(self, store: EventStore, directory: Directory) -> None:
         self._store = store
         self._directory = directory
         self._states: dict[int, SubscriberState] = {}
+        self._locks = KeyedLocks()
 
     # -- postbacks ------------------------------------------------------------------
 
@@ -76,26 +86,36 @@ class PartnerService:
         user_id = request.get("user_id")
         spot_token = request.get("spot")
         if clickid is None and (user_id is None or spot_token is None):
+            if spot_token is not None:  # attribute the refusal to the spot's account
+                spot = await self._directory.spot_by_token(spot_token)
+                account[0] = spot.account_id if spot is not None else None
             raise bad_request("no_identity", "clickid, or user_id together with spot, is required")
         raw_amount = request.get("sum") or request.get("sumrd")
         try:
             amount = None if raw_amount is None else parse_amount(raw_amount)
         except AmountError as exc:
+            # Refused before the lookup (the order of checks), but attributed to the
+            # subscriber's account when there is one, so the account sees it in its log.
+            with contextlib.suppress(ApiError):
+                await self._find_subscriber(clickid, user_id, spot_token, account)
             raise bad_request("bad_amount", f"Invalid amount format: {exc}") from exc
 
         subscriber = await self._find_subscriber(clickid, user_id, spot_token, account)
-        account[0] = subscriber.account_id
         conversion = Conversion(
             goal=request.get("goal") or "",
             amount=amount,
             player_id=request.get("playerid"),
             txid=request.get("txid"),
         )
-        if conversion.txid is not None:
-            repeated = await self._repeat_of(subscriber, conversion.txid, request)
-            if repeated is not None:
-                return repeated
-        return await self._record(subscriber, conversion, request)
+        # One decision at a time per subscriber in this process: racing postbacks then
+        # queue instead of failing each other's expected version over and over. Other
+        # processes are still kept out by the expected version of the append.
+        async with self._locks.hold(subscriber.id):
+            if conversion.txid is not None:
+                repeated = await self._repeat_of(subscriber, conversion.txid, request)
+                if repeated is not None:
+                    return repeated
+            return await self._record(subscriber, conversion, request)
 
     async def _find_subscriber(
         self,
@@ -118,6 +138,7 @@ class PartnerService:
             )
         if found is None:
             raise ApiError(404, "subscriber_not_found", SUBSCRIBER_NOT_FOUND)
+        account[0] = found.account_id
         return found
 
     async def _record(
@@ -200,7 +221,7 @@ class PartnerService:
         body = {
             "success": True,
             "subscriber": {
-                "user_id": int(user_id) if user_id.isdecimal() and user_id.isascii() else user_id,
+                "user_id": _numeric_if_possible(user_id),
                 "id": subscriber.id,
                 "spot": {"id": spot.id, "title": spot.title},
             },
@@ -215,13 +236,14 @@ class PartnerService:
             },
             {"postback": {**request.record, "status": 200, "response": body}},
         )
-        result = await self._store.append(subscriber_stream(subscriber.id), [event], ANY)
-        state = self._states.get(subscriber.id)
-        if state is not None:
-            if state.version == result.stream_version - 1:
-                state.version = result.stream_version
-            else:
-                del self._states[subscriber.id]
+        async with self._locks.hold(subscriber.id):
+            result = await self._store.append(subscriber_stream(subscriber.id), [event], ANY)
+            state = self._states.get(subscriber.id)
+            if state is not None:
+                if state.version == result.stream_version - 1:
+                    state.version = result.stream_version
+                else:
+                    del self._states[subscriber.id]
         return Answer(200, body)
 
     # -- subscriber state, and the log -----------------------------------------------

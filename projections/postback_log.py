@@ -69,6 +69,7 @@ COLUMNS: Final[tuple[str, ...]] = (
     "method",
     "path",
     "query",
+    "body",
     "received_at",
     "response",
 )

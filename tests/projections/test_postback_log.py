@@ -70,6 +70,7 @@ async def test_rows_are_json_ready_and_complete(runner: ProjectionRunner) -> Non
         "method": "GET",
         "path": "/postback/",
         "query": "clickid=ABC&goal=reg",
+        "body": "",
         "received_at": "2026-11-24T12:00:00.123456+00:00",
         "response": {"success": True},
     }
