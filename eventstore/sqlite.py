@@ -75,7 +75,7 @@ def translate_error(exc: sqlite3.Error) -> EventStoreError:
     return EventStoreError(f"SQLite: {exc}")
 
 
-async def _in_thread(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+async def run_in_thread(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
     """Run ``fn(raw_connection)`` in the connection's worker thread, as one call.
 
     aiosqlite's public API hops threads once per statement (~85 µs here); a batch
@@ -88,23 +88,30 @@ async def _in_thread(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connectio
         raise translate_error(exc) from exc
 
 
-async def _connect(path: str) -> aiosqlite.Connection:
+async def open_connection(path: str, pragmas: Sequence[str] = ()) -> aiosqlite.Connection:
+    """An aiosqlite connection in autocommit mode with ``pragmas`` applied; errors translated.
+
+    Public for code that keeps its own SQLite files beside the log (the projections).
+    """
     conn = aiosqlite.connect(path, isolation_level=None)
     try:
-        return await conn
+        await conn
     except sqlite3.Error as exc:
         # aiosqlite stops its worker thread here without waiting for it; wait, so the
         # thread does not report to an event loop that may be closed by then.
         await asyncio.to_thread(conn._thread.join, 10)
         raise translate_error(exc) from exc
 
-
-async def _configure(conn: aiosqlite.Connection, pragmas: Sequence[str]) -> None:
-    def apply(raw: sqlite3.Connection) -> None:
+    def configure(raw: sqlite3.Connection) -> None:
         for pragma in pragmas:
             raw.execute(pragma)
 
-    await _in_thread(conn, apply)
+    try:
+        await run_in_thread(conn, configure)
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
 
 
 def _utf8(text: str, what: str) -> bytes:
@@ -201,9 +208,8 @@ class SQLiteEventStore(EventStore):
         path = os.fspath(path)
         writer = reader = None
         try:
-            writer = await _connect(path)
-            await _configure(
-                writer,
+            writer = await open_connection(
+                path,
                 [
                     "PRAGMA busy_timeout = 10000",
                     "PRAGMA journal_mode = WAL",
@@ -211,10 +217,11 @@ class SQLiteEventStore(EventStore):
                     "PRAGMA cache_size = -65536",
                 ],
             )
-            await _in_thread(writer, migrate)
-            reader = await _connect(path)
-            await _configure(reader, ["PRAGMA busy_timeout = 10000", "PRAGMA query_only = 1"])
-            row = await _in_thread(
+            await run_in_thread(writer, migrate)
+            reader = await open_connection(
+                path, ["PRAGMA busy_timeout = 10000", "PRAGMA query_only = 1"]
+            )
+            row = await run_in_thread(
                 reader, lambda raw: raw.execute("SELECT position FROM chain_head").fetchone()
             )
         except BaseException:
@@ -277,7 +284,7 @@ class SQLiteEventStore(EventStore):
             batch, waiters = self._take_batch()
             try:
                 started = time.perf_counter()
-                outcomes = await _in_thread(
+                outcomes = await run_in_thread(
                     self._writer, partial(commit_batch, batch=batch, cache=self._writer_cache)
                 )
             except asyncio.CancelledError:
@@ -345,7 +352,7 @@ class SQLiteEventStore(EventStore):
 
     async def _fetch(self, sql: str, params: Sequence[object]) -> list[RecordedEvent]:
         self._check_open()
-        rows = await _in_thread(self._reader, lambda raw: raw.execute(sql, params).fetchall())
+        rows = await run_in_thread(self._reader, lambda raw: raw.execute(sql, params).fetchall())
         return [self._decode(row) for row in rows]
 
     async def read_stream(
@@ -358,7 +365,7 @@ class SQLiteEventStore(EventStore):
 
     async def stream_version(self, stream: str) -> int:
         self._check_open()
-        row = await _in_thread(
+        row = await run_in_thread(
             self._reader,
             lambda raw: raw.execute(
                 "SELECT version FROM streams WHERE name = ?", (stream,)
@@ -377,7 +384,7 @@ class SQLiteEventStore(EventStore):
 
     async def last_position(self) -> int:
         self._check_open()
-        row = await _in_thread(
+        row = await run_in_thread(
             self._reader, lambda raw: raw.execute("SELECT position FROM chain_head").fetchone()
         )
         position = int(row[0]) if row else 0
@@ -410,9 +417,9 @@ class SQLiteEventStore(EventStore):
         self._check_open()
         # A connection of its own: a long verify must not hold up reads, and it runs in
         # one read transaction, so it sees one consistent snapshot of the log.
-        conn = await _connect(self._path)
+        conn = await open_connection(self._path)
         try:
-            return await _in_thread(conn, lambda raw: _verify(raw, anchor))
+            return await run_in_thread(conn, lambda raw: _verify(raw, anchor))
         finally:
             await conn.close()
 

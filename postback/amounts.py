@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
+from projections.goal_stats import format_amount
+
 # A plain decimal: optional sign, digits with an optional fraction, optional exponent.
 _DECIMAL = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d{1,3})?")
 MAX_INTEGER_DIGITS = 15
@@ -45,15 +47,4 @@ def parse_amount(raw: str) -> Decimal:
     return value
 
 
-def format_amount(value: Decimal) -> str:
-    """The canonical string of an amount: plain notation, at least two decimals ("100.50")."""
-    normalized = value.normalize()
-    exponent = normalized.as_tuple().exponent
-    assert isinstance(exponent, int)
-    if exponent > -2:
-        normalized = normalized.quantize(_CENTS)
-    text = format(normalized, "f")
-    return text[1:] if text.startswith("-") and not normalized else text
-
-
-_CENTS = Decimal("0.01")
+__all__ = ["AmountError", "format_amount", "parse_amount"]

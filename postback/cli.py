@@ -13,7 +13,7 @@ from aiohttp import web
 
 from postback.access_log import JsonAccessLogger
 from postback.app import create_app
-from postback.config import Config
+from postback.config import Config, ConfigError
 from postback.demo import run_demo
 from postback.offline import create_account_offline
 
@@ -77,12 +77,16 @@ async def serve(config: Config) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = Config.from_env(
-        db_path=args.db,
-        dsn=args.dsn,
-        host=getattr(args, "host", None),
-        port=getattr(args, "port", None),
-    )
+    try:
+        config = Config.from_env(
+            db_path=args.db,
+            dsn=args.dsn,
+            host=getattr(args, "host", None),
+            port=getattr(args, "port", None),
+        )
+    except ConfigError as exc:
+        print(f"postback: {exc}", file=sys.stderr)
+        return 2
     if config.dsn is not None:
         print("postback: the PostgreSQL backend is not available yet; use --db", file=sys.stderr)
         return 2

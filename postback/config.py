@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
+
+
+class ConfigError(ValueError):
+    """The environment holds a value the service cannot use."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,25 +28,27 @@ class Config:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+        """The environment of API.md section 5; ``overrides`` (not None) win over it."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        if env.get("POSTBACK_DB"):
-            values["db_path"] = env["POSTBACK_DB"]
-        if env.get("POSTBACK_DSN"):
-            values["dsn"] = env["POSTBACK_DSN"]
-        if env.get("POSTBACK_HOST"):
-            values["host"] = env["POSTBACK_HOST"]
-        if env.get("POSTBACK_PORT"):
-            values["port"] = int(env["POSTBACK_PORT"])
-        if env.get("POSTBACK_ADMIN_TOKEN"):
-            values["admin_token"] = env["POSTBACK_ADMIN_TOKEN"]
-        if env.get("POSTBACK_FACEBOOK_GRAPH_URL"):
-            values["facebook_graph_url"] = env["POSTBACK_FACEBOOK_GRAPH_URL"]
-        if env.get("POSTBACK_FACEBOOK_API_VERSION"):
-            values["facebook_api_version"] = env["POSTBACK_FACEBOOK_API_VERSION"]
-        if env.get("POSTBACK_TELEGRAM_API_URL"):
-            values["telegram_api_url"] = env["POSTBACK_TELEGRAM_API_URL"]
-        if env.get("POSTBACK_DURABILITY"):
-            values["durability"] = env["POSTBACK_DURABILITY"]
-        config = cls(**values)
-        return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+        for variable, (field_name, convert) in _ENVIRONMENT.items():
+            if env.get(variable):
+                try:
+                    values[field_name] = convert(env[variable])
+                except ValueError as exc:
+                    raise ConfigError(f"{variable}={env[variable]!r} is not valid: {exc}") from exc
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+_ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "POSTBACK_DB": ("db_path", str),
+    "POSTBACK_DSN": ("dsn", str),
+    "POSTBACK_HOST": ("host", str),
+    "POSTBACK_PORT": ("port", int),
+    "POSTBACK_ADMIN_TOKEN": ("admin_token", str),
+    "POSTBACK_FACEBOOK_GRAPH_URL": ("facebook_graph_url", str),
+    "POSTBACK_FACEBOOK_API_VERSION": ("facebook_api_version", str),
+    "POSTBACK_TELEGRAM_API_URL": ("telegram_api_url", str),
+    "POSTBACK_DURABILITY": ("durability", str),
+}

@@ -151,8 +151,8 @@ def units_to_decimal(whole: int | None, frac: int | None) -> Decimal:
 
 
 def format_amount(value: Decimal) -> str:
-    """Plain notation with at least two decimals: ``"0.30"``, ``"100.50"``, ``"0.12345678"``
-    (the same canonical form as ``postback.amounts.format_amount``)."""
+    """The canonical amount: plain notation, at least two decimals (``"0.30"``, ``"100.50"``,
+    ``"0.12345678"``). The one definition, used by the service's answers too."""
     normalized = value.normalize()
     exponent = normalized.as_tuple().exponent
     assert isinstance(exponent, int)

@@ -25,13 +25,13 @@ import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import partial
-from typing import Protocol, TypeVar, cast
+from typing import Protocol, TypeVar
 
 import aiosqlite
 
 from eventstore.base import RecordedEvent
 from eventstore.errors import StoreUnavailableError
-from eventstore.sqlite import SQLiteEventStore
+from eventstore.sqlite import SQLiteEventStore, open_connection, run_in_thread
 
 T = TypeVar("T")
 
@@ -74,37 +74,6 @@ class Projection(Protocol):
 
 class ProjectionStoppedError(RuntimeError):
     """:meth:`ProjectionRunner.wait_until` cannot finish: the runner closed or failed."""
-
-
-async def _in_thread(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-    """Run ``fn(raw_connection)`` in the connection's worker thread, as one call.
-
-    aiosqlite's public API hops threads once per statement (~85 µs here); a batch
-    transaction has several statements, so it runs as one function on the thread
-    through ``Connection._execute`` (private; aiosqlite is pinned in pyproject.toml).
-    """
-    try:
-        return cast(T, await conn._execute(lambda: fn(conn._conn)))  # type: ignore[no-untyped-call]
-    except sqlite3.Error as exc:
-        raise StoreUnavailableError(f"SQLite (projections): {exc}") from exc
-
-
-async def _connect(path: str, pragmas: Sequence[str]) -> aiosqlite.Connection:
-    try:
-        conn = await aiosqlite.connect(path, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise StoreUnavailableError(f"SQLite (projections): {exc}") from exc
-
-    def configure(raw: sqlite3.Connection) -> None:
-        for pragma in pragmas:
-            raw.execute(pragma)
-
-    try:
-        await _in_thread(conn, configure)
-    except BaseException:
-        await conn.close()
-        raise
-    return conn
 
 
 def _now() -> str:
@@ -275,7 +244,7 @@ class ProjectionRunner:
         async with self._open_lock:
             if self._writer is not None:
                 return
-            writer = await _connect(
+            writer = await open_connection(
                 self._path,
                 [
                     "PRAGMA busy_timeout = 10000",
@@ -286,8 +255,8 @@ class ProjectionRunner:
                 ],
             )
             try:
-                stored = await _in_thread(writer, lambda raw: _setup(raw, self._projections))
-                reader = await _connect(
+                stored = await run_in_thread(writer, lambda raw: _setup(raw, self._projections))
+                reader = await open_connection(
                     self._path, ["PRAGMA busy_timeout = 10000", "PRAGMA query_only = 1"]
                 )
             except BaseException:
@@ -307,7 +276,7 @@ class ProjectionRunner:
         if ``fn`` opens a transaction; otherwise per statement). sqlite3 errors become
         :class:`~eventstore.errors.StoreUnavailableError`."""
         _, reader = await self._connections()
-        return await _in_thread(reader, fn)
+        return await run_in_thread(reader, fn)
 
     # -- applying ----------------------------------------------------------------------
 
@@ -326,7 +295,7 @@ class ProjectionRunner:
                     return after
                 # All of them: _apply skips those whose stored checkpoint is past the batch.
                 apply = partial(_apply, projections=self._projections, events=batch)
-                reached = await _in_thread(writer, apply)
+                reached = await run_in_thread(writer, apply)
                 self._advance(reached)
                 if len(batch) < self._batch_size and self.position >= batch[-1].position:
                     return self.position
@@ -410,7 +379,7 @@ class ProjectionRunner:
             raise ValueError(f"unknown projections: {sorted(unknown)}")
         writer, _ = await self._connections()
         async with self._apply_lock:
-            stored = await _in_thread(writer, lambda raw: _reset(raw, chosen))
+            stored = await run_in_thread(writer, lambda raw: _reset(raw, chosen))
             self._checkpoints.update({p.name: stored.get(p.name, 0) for p in chosen})
         return await self.catch_up()
 
