@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from postback import cli_analyst
 from postback.access_log import JsonAccessLogger
 from postback.app import create_app
 from postback.config import Config, ConfigError
@@ -35,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--demo", action="store_true", help="seed demo data first and print curl lines"
     )
+    serve.add_argument(
+        "--no-projections",
+        action="store_true",
+        help="do not run the projection runner in this process; run `postback project`"
+        " beside it instead (reads of projections then wait for that process)",
+    )
 
     demo = commands.add_parser("demo", help="seed a demo account, spot, goals and subscribers")
     _database_options(demo)
@@ -46,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     create = account_commands.add_parser("create", help="create an account, print its API key")
     create.add_argument("name")
     _database_options(create)
+
+    cli_analyst.add_commands(commands, _database_options)
     return parser
 
 
@@ -83,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             dsn=args.dsn,
             host=getattr(args, "host", None),
             port=getattr(args, "port", None),
+            run_projections=False if getattr(args, "no_projections", False) else None,
         )
     except ConfigError as exc:
         print(f"postback: {exc}", file=sys.stderr)
@@ -90,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.dsn is not None:
         print("postback: the PostgreSQL backend is not available yet; use --db", file=sys.stderr)
         return 2
+    if args.command in cli_analyst.COMMANDS:
+        return cli_analyst.run(args, config)
     if args.command == "account":
         account_id, api_key = asyncio.run(create_account_offline(config, args.name))
         print(f"account {account_id} created\napi key: {api_key}")

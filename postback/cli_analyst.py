@@ -1,0 +1,336 @@
+"""Analyst and auditor commands of ``postback`` (API.md section 4).
+
+``rebuild``, ``verify`` and ``project`` live in :mod:`postback.cli_projections`; ``stats``
+and ``export`` here, with the argument parsers of all five and their dispatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from datetime import date, datetime
+from functools import partial
+from typing import Any
+
+import orjson
+
+from eventstore.base import RecordedEvent
+from eventstore.errors import EventStoreError
+from eventstore.sqlite import SQLiteEventStore
+from postback import cli_projections
+from postback.config import Config
+from projections.catalog import all_projections
+from projections.runner import ProjectionRunner
+from projections.stats_query import (
+    GROUP_KEYS,
+    parse_as_of,
+    parse_group_by,
+    query_stats,
+    resolve_tz,
+)
+
+COMMANDS = ("rebuild", "verify", "stats", "export", "project")
+EXPORT_COLUMNS = (
+    "position",
+    "stream",
+    "version",
+    "event_id",
+    "type",
+    "schema_version",
+    "recorded_at",
+    "data",
+    "metadata",
+    "hash",
+)
+EXPORT_BATCH = 1000
+"""Events read per batch by ``export``: memory stays flat however long the log."""
+
+
+def add_commands(
+    commands: Any, database_options: Callable[[argparse.ArgumentParser], None]
+) -> None:
+    """Add the analyst subcommands to ``commands`` (an argparse subparsers action)."""
+    names = ", ".join(p.name for p in all_projections())
+    rebuild = commands.add_parser(
+        "rebuild",
+        help="rebuild projections from the log, with a progress bar",
+        description=f"Reset the projections named (default: all of {names}) and apply the"
+        " whole log again. Progress on stderr, a summary on stdout.",
+    )
+    rebuild.add_argument("projections", nargs="*", metavar="PROJECTION")
+    rebuild.add_argument("--batch-size", type=_positive, default=5000, help="events per batch")
+    database_options(rebuild)
+
+    verify = commands.add_parser(
+        "verify",
+        help="check the log's tamper evidence and every projection against a fresh replay",
+        description="(a) Recompute the log's hash chain; print its head (keep it as an"
+        " anchor) or the first tampered position. (b) Catch the projections up, replay"
+        " every projection from position 0 into a temporary file up to the same position"
+        " and compare every table row by row. Exit 0 when all is well, 1 with a report of"
+        " the differences.",
+    )
+    verify.add_argument(
+        "--anchor",
+        type=_anchor,
+        metavar="POSITION:HEXHASH",
+        help="a head printed by an earlier verify: proves history up to it was not rewritten",
+    )
+    verify.add_argument(
+        "--limit", type=_positive, default=5, help="differing rows shown per table (default 5)"
+    )
+    database_options(verify)
+
+    stats = commands.add_parser(
+        "stats",
+        help="goal statistics from the log, as of a time",
+        description="Catch the projections up, then print counts, unique subscribers and"
+        " exact sums per group.",
+    )
+    stats.add_argument("--as-of", metavar="TIME", help="ISO time; only what the log held then")
+    stats.add_argument(
+        "--group-by", metavar="KEYS", help=f"comma-separated, of: {', '.join(GROUP_KEYS)}"
+    )
+    stats.add_argument("--tz", default="UTC", help="IANA time zone of days (default UTC)")
+    stats.add_argument("--from", dest="date_from", metavar="DATE", help="first local day")
+    stats.add_argument("--to", dest="date_to", metavar="DATE", help="last local day")
+    stats.add_argument("--account", type=int, metavar="ID", help="one account (default all)")
+    stats.add_argument("--spot", type=int, metavar="ID", help="one spot id")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    database_options(stats)
+
+    export = commands.add_parser(
+        "export",
+        help="write the log to stdout for analysts (streamed)",
+        description="Stream the log as it is when the export starts: one JSON object per"
+        " line (jsonl) or CSV with data and metadata as JSON text.",
+    )
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument(
+        "--after", type=_non_negative, default=0, metavar="POS", help="only positions after POS"
+    )
+    export.add_argument(
+        "--until", metavar="TIME", help="ISO time (UTC if no offset): stop after it"
+    )
+    database_options(export)
+
+    project = commands.add_parser(
+        "project",
+        help="run the projection runner as its own process",
+        description="Catch the projections up with the log, then follow it until SIGINT or"
+        " SIGTERM. Use it with `postback serve --no-projections` to run the projections"
+        " apart from the service; several may run at once on one file safely.",
+    )
+    project.add_argument("--batch-size", type=_positive, default=5000, help="events per batch")
+    database_options(project)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
+
+
+def _anchor(text: str) -> tuple[int, bytes]:
+    try:
+        return cli_projections.parse_anchor(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    """Run the analyst command of ``args``; its exit status."""
+    try:
+        if args.command == "rebuild":
+            return cli_projections.rebuild(config, args.projections, args.batch_size)
+        if args.command == "verify":
+            return cli_projections.verify(config, args.anchor, args.limit)
+        if args.command == "project":
+            return cli_projections.project(config, args.batch_size)
+        if args.command == "stats":
+            return stats(config, args)
+        if args.command == "export":
+            return export(config, args.format, args.after, args.until)
+    except EventStoreError as exc:
+        print(f"postback: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (``| head``): not an error; keep Python from complaining
+        # when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    raise AssertionError(f"not an analyst command: {args.command}")
+
+
+def _error(message: str) -> int:
+    print(f"postback: {message}", file=sys.stderr)
+    return 2
+
+
+# -- stats ------------------------------------------------------------------------------------
+
+
+def stats(config: Config, args: argparse.Namespace) -> int:
+    try:
+        group_by = parse_group_by(args.group_by)
+        as_of = parse_as_of(args.as_of, args.tz) if args.as_of else None
+        date_from = _date(args.date_from, "--from")
+        date_to = _date(args.date_to, "--to")
+        call = partial(
+            query_stats,
+            account_id=args.account,
+            date_from=date_from,
+            date_to=date_to,
+            spot_id=args.spot,
+            group_by=group_by,
+            tz=args.tz,
+            as_of=as_of,
+        )
+        resolve_tz(args.tz)  # bad input fails before any work; the query checks the rest
+    except ValueError as exc:
+        return _error(str(exc))
+    if not os.path.exists(config.db_path):
+        return _error(f"no log at {config.db_path} (give --db or POSTBACK_DB)")
+    try:
+        position, rows = asyncio.run(_stats(config, call))
+    except ValueError as exc:
+        return _error(str(exc))
+    if args.json:
+        sys.stdout.write(orjson.dumps({"position": position, "rows": rows}).decode() + "\n")
+    else:
+        print(f"goal statistics of the log up to position {position:,}" + _context(args))
+        print_table([*group_by, "count", "unique_subscribers", "sum"], rows)
+    return 0
+
+
+def _context(args: argparse.Namespace) -> str:
+    parts = [f"tz {args.tz}"]
+    if args.as_of:
+        parts.append(f"as of {args.as_of}")
+    if args.account is not None:
+        parts.append(f"account {args.account}")
+    return f" ({', '.join(parts)})"
+
+
+def _date(text: str | None, flag: str) -> date | None:
+    if not text:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{flag} must be a date (YYYY-MM-DD), got {text!r}") from None
+
+
+async def _stats(
+    config: Config, call: Callable[[Any], list[dict[str, Any]]]
+) -> tuple[int, list[dict[str, Any]]]:
+    store = await SQLiteEventStore.open(config.db_path, poll_interval=None)
+    try:
+        runner = ProjectionRunner(store, all_projections())
+        try:
+            position = await runner.catch_up()
+            rows = await runner.query(call)
+        finally:
+            await runner.close()
+    finally:
+        await store.close()
+    return position, rows
+
+
+def print_table(columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
+    """An aligned text table: numbers right-aligned, text left-aligned."""
+    cells = [[("" if row[c] is None else str(row[c])) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(line[i]) for line in cells)]) for i, c in enumerate(columns)]
+    right = [c in ("count", "unique_subscribers", "sum", "spot") for c in columns]
+
+    def fmt(values: Sequence[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right, strict=True)
+        ).rstrip()
+
+    print(fmt(list(columns)))
+    print("  ".join("-" * w for w in widths))
+    for line in cells:
+        print(fmt(line))
+    if not cells:
+        print("(no rows)")
+
+
+# -- export -----------------------------------------------------------------------------------
+
+
+def export_record(event: RecordedEvent) -> dict[str, Any]:
+    """The exported form of an event (JSON-ready)."""
+    return {
+        "position": event.position,
+        "stream": event.stream,
+        "version": event.version,
+        "event_id": str(event.event_id),
+        "type": event.type,
+        "schema_version": event.schema_version,
+        "recorded_at": event.recorded_at.isoformat(),
+        "data": event.data,
+        "metadata": event.metadata,
+        "hash": event.hash.hex(),
+    }
+
+
+def export(config: Config, fmt: str, after: int, until: str | None) -> int:
+    try:
+        deadline = parse_as_of(until) if until else None
+    except ValueError as exc:
+        return _error(str(exc))
+    if not os.path.exists(config.db_path):
+        return _error(f"no log at {config.db_path} (give --db or POSTBACK_DB)")
+    count = asyncio.run(_export(config, fmt, after, deadline))
+    print(f"postback: exported {count:,} events", file=sys.stderr)
+    return 0
+
+
+async def _export(config: Config, fmt: str, after: int, deadline: datetime | None) -> int:
+    out = sys.stdout
+    writer = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
+    if writer is not None:
+        writer.writerow(EXPORT_COLUMNS)
+    count = 0
+    store = await SQLiteEventStore.open(config.db_path, poll_interval=None)
+    try:
+        # The log as it is now: appends made while exporting are left for the next run.
+        last = await store.last_position()
+        async for batch in store.iter_all(after, EXPORT_BATCH, until=last):
+            stop = False
+            if deadline is not None and batch[-1].recorded_at > deadline:
+                # recorded_at never decreases along the log: cut at the first one after.
+                batch = [event for event in batch if event.recorded_at <= deadline]
+                stop = True
+            if writer is None:
+                out.write("".join(orjson.dumps(export_record(e)).decode() + "\n" for e in batch))
+            else:
+                writer.writerows(_csv_row(event) for event in batch)
+            count += len(batch)
+            if stop:
+                break
+        out.flush()
+    finally:
+        await store.close()
+    return count
+
+
+def _csv_row(event: RecordedEvent) -> list[Any]:
+    record = export_record(event)
+    record["data"] = orjson.dumps(event.data).decode()
+    record["metadata"] = orjson.dumps(event.metadata).decode()
+    return [record[column] for column in EXPORT_COLUMNS]
