@@ -1,4 +1,4 @@
-"""The ``postback`` command (API.md section 4)."""
+"""postback: an event-sourced postback service (see API.md section 4 for the commands)."""
 
 from __future__ import annotations
 

@@ -3,44 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from eventstore.base import EventStore, Upcasters
+from tests.conftest import TEST_TIMEOUT
 from tests.eventstore.backends import BACKENDS
 from tests.eventstore.helpers import StoreFactory
-
-TEST_TIMEOUT = 30.0
-"""Seconds an async test of this directory may take: a backend that hangs (a dead writer
-task, a lost wake-up) fails its test instead of hanging the whole suite."""
-
-HERE = Path(__file__).parent
-
-
-def _with_timeout(
-    test: Callable[..., Coroutine[Any, Any, Any]],
-) -> Callable[..., Coroutine[Any, Any, Any]]:
-    @functools.wraps(test)
-    async def run(*args: Any, **kwargs: Any) -> Any:
-        async with asyncio.timeout(TEST_TIMEOUT):
-            return await test(*args, **kwargs)
-
-    return run
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if (
-            isinstance(item, pytest.Function)
-            and item.path.is_relative_to(HERE)
-            and inspect.iscoroutinefunction(item.obj)
-        ):
-            item.obj = _with_timeout(item.obj)
 
 
 @pytest.fixture(params=sorted(BACKENDS), ids=str)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import inspect
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,34 +12,7 @@ from postback.app import create_app
 from postback.config import Config
 from tests.postback.helpers import ADMIN, Api, Client, World, make_world
 
-TEST_TIMEOUT = 60.0
-"""Seconds an async test here may take: a hang fails its test instead of the whole suite."""
-
-HERE = Path(__file__).parent
-
 MakeClient = Callable[..., Awaitable[Client]]
-
-
-def _with_timeout(
-    test: Callable[..., Coroutine[Any, Any, Any]],
-) -> Callable[..., Coroutine[Any, Any, Any]]:
-    @functools.wraps(test)
-    async def run(*args: Any, **kwargs: Any) -> Any:
-        async with asyncio.timeout(TEST_TIMEOUT):
-            return await test(*args, **kwargs)
-
-    return run
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if (
-            isinstance(item, pytest.Function)
-            and item.path.is_relative_to(HERE)
-            and inspect.iscoroutinefunction(item.obj)
-            and not getattr(item.obj, "is_hypothesis_test", False)
-        ):
-            item.obj = _with_timeout(item.obj)
 
 
 @pytest.fixture

@@ -3,42 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import pytest
 
 from eventstore.sqlite import SQLiteEventStore
 from projections.runner import Projection, ProjectionRunner
-
-TEST_TIMEOUT = 30.0
-"""Seconds an async test here may take: a lost wake-up fails the test, not the suite."""
-
-HERE = Path(__file__).parent
-
-
-def _with_timeout(
-    test: Callable[..., Coroutine[Any, Any, Any]],
-) -> Callable[..., Coroutine[Any, Any, Any]]:
-    @functools.wraps(test)
-    async def run(*args: Any, **kwargs: Any) -> Any:
-        async with asyncio.timeout(TEST_TIMEOUT):
-            return await test(*args, **kwargs)
-
-    return run
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if (
-            isinstance(item, pytest.Function)
-            and item.path.is_relative_to(HERE)
-            and inspect.iscoroutinefunction(item.obj)
-        ):
-            item.obj = _with_timeout(item.obj)
+from tests.conftest import TEST_TIMEOUT
 
 
 class RunnerFactory(Protocol):
