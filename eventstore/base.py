@@ -225,7 +225,9 @@ class EventStore(abc.ABC):
         3. Otherwise the events get consecutive stream versions and global positions.
 
         Concurrent appends may be committed together in one transaction (group commit);
-        one caller's error never fails another's append.
+        one caller's error never fails another's append. A caller cancelled while waiting
+        does not take its append back: it may still commit (retry with the same event ids
+        to learn the outcome; the retry is idempotent).
         """
 
     @abc.abstractmethod

@@ -291,7 +291,7 @@ class SQLiteEventStore(EventStore):
                 for waiter in waiters:
                     waiter.cancel()
                 raise
-            except BaseException as exc:
+            except Exception as exc:
                 error = exc if isinstance(exc, EventStoreError) else StoreUnavailableError(str(exc))
                 for waiter in waiters:
                     if not waiter.done():
