@@ -24,6 +24,7 @@ from postback.http import json_response
 from postback.keys import CONFIG, DIRECTORY, METRICS, PARTNERS, STORE
 from postback.metrics import Metrics
 from postback.service import PartnerService
+from projections.runner import ProjectionStoppedError
 
 log = logging.getLogger("postback")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -41,6 +42,11 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         return json_response(
             {"success": False, "code": exc.reason.lower().replace(" ", "_"), "error": exc.reason},
             exc.status,
+        )
+    except ProjectionStoppedError:
+        log.error("read of a projection whose runner has stopped")
+        return json_response(
+            {"success": False, "code": "unavailable", "error": "statistics are unavailable"}, 503
         )
     except StoreUnavailableError as exc:
         log.error("store unavailable: %s", exc)

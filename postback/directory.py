@@ -37,7 +37,8 @@ class Directory:
         self._store = store
         self._versions: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._generations: dict[str, int] = {}
+        self._misses: dict[str, int] = {}
+        self._covered: dict[str, int] = {}
         self.accounts: dict[int, Account] = {}
         self.accounts_by_key: dict[str, Account] = {}
         self.spots: dict[int, Spot] = {}
@@ -66,10 +67,15 @@ class Directory:
         Concurrent misses share one read: a task that waited while another caught up
         the same stream does not read again.
         """
-        generation = self._generations.get(stream, 0)
+        # A catch-up covers a miss only if it *started* after the miss: it then reads
+        # everything committed before the miss. Concurrent misses share one such read.
+        ticket = self._misses[stream] = self._misses.get(stream, 0) + 1
         async with self._lock(stream):
-            if self._generations.get(stream, 0) == generation:
-                await self._catch_up(stream)
+            if self._covered.get(stream, 0) >= ticket:
+                return
+            covers = self._misses[stream]
+            await self._catch_up(stream)
+            self._covered[stream] = covers
 
     async def _catch_up(self, stream: str) -> None:
         while True:
@@ -80,7 +86,6 @@ class Directory:
                 self._apply(event.type, event.data)
                 self._versions[stream] = event.version
             if len(events) < _READ_BATCH:
-                self._generations[stream] = self._generations.get(stream, 0) + 1
                 return
 
     async def append(self, stream: str, make: Callable[[int], NewEvent]) -> NewEvent:

@@ -75,7 +75,7 @@ def _text(body: dict[str, Any], name: str, *, required: bool, limit: int = MAX_T
 MAX_INTEGER = 2**63 - 1  # what SQLite (and PostgreSQL's bigint) can hold
 
 
-def _plain_integer(raw: str) -> int | None:
+def plain_integer(raw: str) -> int | None:
     """Plain ASCII digits only (``int()`` also takes ``1_0``, " 1" and other scripts)."""
     if not raw.isascii() or not raw.isdecimal() or len(raw) > 19:
         return None
@@ -89,14 +89,14 @@ def int_param(
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    value = _plain_integer(raw)
+    value = plain_integer(raw)
     if value is None or not low <= value <= high:
         raise bad_request("bad_parameter", f"{name!r} must be an integer from {low} to {high}")
     return value
 
 
 def _path_id(request: web.Request) -> int:
-    value = _plain_integer(request.match_info["id"])
+    value = plain_integer(request.match_info["id"])
     if value is None:
         raise not_found("not_found", "no such object")
     return value

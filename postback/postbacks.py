@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from functools import partial
 
@@ -22,6 +23,7 @@ from projections.postback_log import list_postbacks
 from projections.runner import ProjectionRunner
 
 RUNNER = web.AppKey("projection_runner", ProjectionRunner)
+log = logging.getLogger("postback.projections")
 _FRESHNESS_WAIT = 5.0
 
 
@@ -38,11 +40,17 @@ async def projections(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await runner.close()
+        try:
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+                except Exception:
+                    log.exception("the projection runner had failed")
+        finally:
+            await runner.close()
 
 
 async def list_postback_log(request: web.Request) -> web.Response:
@@ -66,8 +74,14 @@ async def list_postback_log(request: web.Request) -> web.Response:
 
 
 async def fresh_runner(request: web.Request) -> ProjectionRunner:
-    """The runner, once it has applied the log up to now (waiting at most a few seconds)."""
+    """The runner, once it has applied the log up to now (waiting at most a few seconds).
+
+    With ``serve --no-projections`` another process (``postback project``) applies the
+    log; listings then show what it has applied so far, without waiting.
+    """
     runner = request.app[RUNNER]
+    if not request.app[CONFIG].run_projections:
+        return runner
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(
             runner.wait_until(await request.app[STORE].last_position()), _FRESHNESS_WAIT

@@ -151,10 +151,25 @@ class PartnerService:
             goal = conversion.goal
             wanted = goal if goal and goal not in STANDARD_GOALS else None
             goals = await self._directory.custom_goals(subscriber.account_id, wanted)
-            events = decide(subscriber, state, conversion, goals, metadata)
+            try:
+                events = decide(subscriber, state, conversion, goals, metadata)
+            except ApiError as refusal:
+                # A conflict may be this very txid, recorded by another process since
+                # the check above: then it is answered like the first, not refused.
+                if refusal.status == 409 and conversion.txid is not None:
+                    repeated = await self._repeat_of(subscriber, conversion.txid, request)
+                    if repeated is not None:
+                        return repeated
+                raise
             try:
                 result = await self._store.append(stream, events, expected_version=state.version)
             except ConcurrencyError:
+                # Another writer got there first; it may be a retry of this very txid
+                # from another process, which must be answered like the first.
+                if conversion.txid is not None:
+                    repeated = await self._repeat_of(subscriber, conversion.txid, request)
+                    if repeated is not None:
+                        return repeated
                 continue
             except DuplicateEventError:
                 # The txid was recorded meanwhile by a racing retry with other content.
@@ -163,8 +178,13 @@ class PartnerService:
                 if repeated is not None:
                     return repeated
                 raise
-            if not result.duplicate:
-                self._advance(subscriber.id, state, events)
+            if result.duplicate:
+                # The same txid with the same content was recorded by a racing request
+                # (another process): answer like the first and log this request as a repeat.
+                assert conversion.txid is not None
+                repeated = await self._repeat_of(subscriber, conversion.txid, request)
+                return repeated or Answer(200, {"success": True, "position": result.last_position})
+            self._advance(subscriber.id, state, events)
             return Answer(200, {"success": True, "position": result.last_position})
         raise ApiError(503, "busy", "too many concurrent postbacks for this subscriber; retry")
 

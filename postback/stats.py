@@ -10,7 +10,7 @@ from aiohttp import web
 from postback.errors import bad_request, not_found
 from postback.http import json_response
 from postback.keys import DIRECTORY
-from postback.operator import account_of
+from postback.operator import account_of, plain_integer
 from postback.postbacks import fresh_runner
 from projections.stats_query import parse_as_of, parse_group_by, query_stats
 
@@ -38,8 +38,9 @@ async def get_stats(request: web.Request) -> web.Response:
     if query.get("spot"):
         directory = request.app[DIRECTORY]
         spot = await directory.spot_by_token(query["spot"])
-        if spot is None and query["spot"].isdecimal():
-            spot = directory.spots.get(int(query["spot"]))
+        spot_number = plain_integer(query["spot"])
+        if spot is None and spot_number is not None:
+            spot = directory.spots.get(spot_number)
         if spot is None or spot.account_id != account.id:
             raise not_found("spot_not_found", "no such spot in this account")
         spot_id = spot.id

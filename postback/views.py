@@ -9,8 +9,17 @@ from eventstore import EventStore, RecordedEvent
 from postback.amounts import format_amount
 from postback.model import Subscriber, subscriber_stream
 
+_SECRETS = ("access_token", "bot_token", "api_key_sha256")
+
+
+def _redacted(data: dict[str, Any]) -> dict[str, Any]:
+    if not any(key in data for key in _SECRETS):
+        return data
+    return {k: "***" if k in _SECRETS and v else v for k, v in data.items()}
+
 
 def event_json(event: RecordedEvent) -> dict[str, Any]:
+    """An event for an operator's eyes: secrets (tokens, key digests) are masked."""
     return {
         "position": event.position,
         "stream": event.stream,
@@ -19,7 +28,7 @@ def event_json(event: RecordedEvent) -> dict[str, Any]:
         "type": event.type,
         "schema_version": event.schema_version,
         "recorded_at": event.recorded_at.isoformat(),
-        "data": event.data,
+        "data": _redacted(event.data),
         "request": event.metadata.get("postback"),
     }
 
