@@ -16,8 +16,12 @@ MAX_RECORDED = 8192  # characters of a raw query or body kept in the postback lo
 MAX_FIELD = 1024  # characters of one parameter kept in the log's summary fields
 
 
-def json_response(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+def json_response(
+    body: Any, status: int = 200, *, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
+    )
 
 
 def clean(text: str) -> str:

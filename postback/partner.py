@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
 from postback.errors import ApiError
@@ -16,6 +18,7 @@ from postback.http import (
 from postback.keys import PARTNERS
 from postback.service import Answer, PartnerRequest
 
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 POSTBACK_PATHS = ("/api/v1/api_send_postback", "/postback")
 CHAT_PATHS = ("/spot/postback/chat",)
 
@@ -56,9 +59,29 @@ async def chat_contact(request: web.Request) -> web.Response:
     return json_response(answer.body, answer.status)
 
 
+async def _other_method(request: web.Request, endpoint: str) -> web.Response:
+    """405 for methods other than GET and POST, logged like every partner request."""
+    record = request_record(request, endpoint, b"")
+    summarize(record, {clean(k): clean(v) for k, v in reversed(list(request.query.items()))})
+    error = ApiError(405, "method_not_allowed", "use GET or POST")
+    await request.app[PARTNERS].log_rejection(record, None, error)
+    return json_response(error.body, error.status, headers={"Allow": "GET, POST"})
+
+
+def _dispatch(handler: Handler, endpoint: str) -> Handler:
+    async def dispatch(request: web.Request) -> web.Response:
+        if request.method in ("GET", "POST"):
+            return await handler(request)
+        return await _other_method(request, endpoint)
+
+    return dispatch
+
+
 def add_routes(app: web.Application) -> None:
-    for handler, paths in ((postback, POSTBACK_PATHS), (chat_contact, CHAT_PATHS)):
+    for handler, endpoint, paths in (
+        (postback, "postback", POSTBACK_PATHS),
+        (chat_contact, "chat", CHAT_PATHS),
+    ):
         for path in paths:
             for variant in (path, path + "/"):
-                app.router.add_get(variant, handler, allow_head=False)
-                app.router.add_post(variant, handler)
+                app.router.add_route("*", variant, _dispatch(handler, endpoint))

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from yarl import URL
 
+from postback.keys import STORE
 from tests.postback.helpers import (
     SUBSCRIBER_NOT_FOUND,
     Api,
@@ -231,3 +232,19 @@ async def test_bad_query_is_a_json_400(client: Client, world: World, query: str)
     )
     assert status == 400, body
     assert isinstance(body["error"], str)
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
+@pytest.mark.parametrize(
+    "path", ["/postback/", "/api/v1/api_send_postback", "/spot/postback/chat/"]
+)
+async def test_other_methods_are_a_logged_json_405(client: Client, method: str, path: str) -> None:
+    response = await client.request(method, f"{path}?clickid=ABC&goal=reg")
+    assert response.status == 405
+    assert response.headers["Allow"] == "GET, POST"
+    assert (await response.json())["success"] is False
+    store = client.server.app[STORE]
+    last = (await store.read_all(await store.last_position() - 1, 1))[0]
+    assert last.type == "PostbackRejected"
+    assert last.metadata["postback"]["method"] == method
+    assert last.metadata["postback"]["status"] == 405
