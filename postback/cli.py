@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 
@@ -17,6 +16,7 @@ from postback.app import create_app
 from postback.config import Config, ConfigError
 from postback.demo import run_demo
 from postback.offline import create_account_offline
+from postback.signals import stop_on_signals
 
 
 def _database_options(parser: argparse.ArgumentParser) -> None:
@@ -75,11 +75,7 @@ async def serve(config: Config) -> None:
             file=sys.stderr,
             flush=True,
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
+        await stop_on_signals().wait()
     finally:
         await runner.cleanup()
 

@@ -23,6 +23,7 @@ from eventstore.errors import EventStoreError
 from eventstore.sqlite import SQLiteEventStore
 from postback import cli_projections
 from postback.config import Config
+from postback.views import event_fields
 from projections.catalog import all_projections
 from projections.runner import ProjectionRunner
 from projections.stats_query import (
@@ -273,15 +274,9 @@ def print_table(columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
 
 
 def export_record(event: RecordedEvent) -> dict[str, Any]:
-    """The exported form of an event (JSON-ready)."""
+    """The exported form of an event (JSON-ready): all of it, as stored."""
     return {
-        "position": event.position,
-        "stream": event.stream,
-        "version": event.version,
-        "event_id": str(event.event_id),
-        "type": event.type,
-        "schema_version": event.schema_version,
-        "recorded_at": event.recorded_at.isoformat(),
+        **event_fields(event),
         "data": event.data,
         "metadata": event.metadata,
         "hash": event.hash.hex(),

@@ -21,6 +21,7 @@ from typing import Any, TextIO, cast
 from eventstore.base import RecordedEvent, VerifyReport
 from eventstore.sqlite import SQLiteEventStore
 from postback.config import Config
+from postback.signals import stop_on_signals
 from projections.catalog import all_projections
 from projections.runner import ProjectionRunner, projections_path
 from projections.verify import DEFAULT_LIMIT, compare_projections, format_report
@@ -350,10 +351,8 @@ async def _project(config: Config, batch_size: int) -> int:
         file=sys.stderr,
         flush=True,
     )
-    stop = asyncio.Event()
+    stop = stop_on_signals()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     task = loop.create_task(runner.run())
     stopping = loop.create_task(stop.wait())
     try:

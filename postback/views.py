@@ -18,8 +18,8 @@ def _redacted(data: dict[str, Any]) -> dict[str, Any]:
     return {k: "***" if k in _SECRETS and v else v for k, v in data.items()}
 
 
-def event_json(event: RecordedEvent) -> dict[str, Any]:
-    """An event for an operator's eyes: secrets (tokens, key digests) are masked."""
+def event_fields(event: RecordedEvent) -> dict[str, Any]:
+    """The fields every JSON form of an event starts with (data and the rest vary)."""
     return {
         "position": event.position,
         "stream": event.stream,
@@ -28,6 +28,13 @@ def event_json(event: RecordedEvent) -> dict[str, Any]:
         "type": event.type,
         "schema_version": event.schema_version,
         "recorded_at": event.recorded_at.isoformat(),
+    }
+
+
+def event_json(event: RecordedEvent) -> dict[str, Any]:
+    """An event for an operator's eyes: secrets (tokens, key digests) are masked."""
+    return {
+        **event_fields(event),
         "data": _redacted(event.data),
         "request": event.metadata.get("postback"),
     }
