@@ -1,4 +1,9 @@
-"""Operator commands on the directory: used by the HTTP API, the CLI and the demo alike."""
+"""Operator commands on the directory: used by the HTTP API, the CLI and the demo alike.
+
+Uniqueness checks (a taken token, clickid or user id) run inside ``Directory.append``
+against a fold that is current when the append lands: a stale fold conflicts, catches
+up and checks again, so no read is needed first.
+"""
 
 from __future__ import annotations
 
@@ -42,7 +47,6 @@ async def create_spot(
             {"spot_id": next_id, "account_id": account.id, "title": title, "token": chosen},
         )
 
-    await directory.refresh(SPOTS)
     event = await directory.append(SPOTS, make)
     return directory.spots[event.data["spot_id"]]
 
@@ -85,6 +89,5 @@ async def create_subscriber(
             },
         )
 
-    await directory.refresh(SUBSCRIBERS)
     event = await directory.append(SUBSCRIBERS, make)
     return directory.subscribers[event.data["subscriber_id"]]

@@ -60,13 +60,7 @@ def partner_params(request: web.Request, body: bytes) -> dict[str, str]:
     params: dict[str, str] = {}
     if body:
         if request.content_type == "application/json":
-            try:
-                parsed = orjson.loads(body)
-            except orjson.JSONDecodeError as exc:
-                raise bad_request("bad_body", "the request body is not valid JSON") from exc
-            if not isinstance(parsed, dict):
-                raise bad_request("bad_body", "the JSON body must be an object")
-            for key, value in parsed.items():
+            for key, value in json_object(body, "bad_body").items():
                 scalar = _scalar(key, value)
                 if scalar is not None:
                     params.setdefault(clean(key), scalar)
@@ -103,12 +97,15 @@ def summarize(record: dict[str, Any], params: dict[str, str]) -> None:
 async def json_body(request: web.Request) -> dict[str, Any]:
     """An operator request's JSON object body, or a 400 saying what is wrong with it."""
     raw = await read_body(request) if request.method == "POST" else await request.read()
-    if not raw:
-        return {}
+    return json_object(raw, "bad_json") if raw else {}
+
+
+def json_object(raw: bytes, code: str) -> dict[str, Any]:
+    """``raw`` as a JSON object, or a 400 with ``code`` saying what is wrong with it."""
     try:
         parsed = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise bad_request("bad_json", "the request body is not valid JSON") from exc
+        raise bad_request(code, "the request body is not valid JSON") from exc
     if not isinstance(parsed, dict):
-        raise bad_request("bad_json", "the request body must be a JSON object")
+        raise bad_request(code, "the request body must be a JSON object")
     return parsed

@@ -8,7 +8,6 @@ from aiohttp import web
 
 from postback.errors import ApiError
 from postback.http import (
-    clean,
     json_response,
     partner_params,
     read_body,
@@ -16,9 +15,10 @@ from postback.http import (
     summarize,
 )
 from postback.keys import PARTNERS
-from postback.service import Answer, PartnerRequest
+from postback.service import Answer, PartnerRequest, PartnerService
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
+Serve = Callable[[PartnerService, PartnerRequest], Awaitable[Answer]]
 POSTBACK_PATHS = ("/api/v1/api_send_postback", "/postback")
 CHAT_PATHS = ("/spot/postback/chat",)
 
@@ -29,7 +29,7 @@ async def _partner_request(request: web.Request, endpoint: str) -> PartnerReques
         body = await read_body(request)
     except ApiError as error:  # too large to read: logged without its body
         record = request_record(request, endpoint, b"")
-        summarize(record, {clean(k): clean(v) for k, v in reversed(list(request.query.items()))})
+        summarize(record, partner_params(request, b""))
         await request.app[PARTNERS].log_rejection(record, None, error)
         return Answer(error.status, error.body)
     record = request_record(request, endpoint, body)
@@ -43,26 +43,22 @@ async def _partner_request(request: web.Request, endpoint: str) -> PartnerReques
     return PartnerRequest(params, record)
 
 
-async def postback(request: web.Request) -> web.Response:
-    parsed = await _partner_request(request, "postback")
-    if isinstance(parsed, Answer):
-        return json_response(parsed.body, parsed.status)
-    answer = await request.app[PARTNERS].postback(parsed)
-    return json_response(answer.body, answer.status)
+def _handler(endpoint: str, serve: Serve) -> Handler:
+    """A partner endpoint: parse (logging what cannot be parsed), then let the service answer."""
 
-
-async def chat_contact(request: web.Request) -> web.Response:
-    parsed = await _partner_request(request, "chat")
-    if isinstance(parsed, Answer):
+    async def handle(request: web.Request) -> web.Response:
+        parsed = await _partner_request(request, endpoint)
+        if isinstance(parsed, PartnerRequest):
+            parsed = await serve(request.app[PARTNERS], parsed)
         return json_response(parsed.body, parsed.status)
-    answer = await request.app[PARTNERS].contact(parsed)
-    return json_response(answer.body, answer.status)
+
+    return handle
 
 
 async def _other_method(request: web.Request, endpoint: str) -> web.Response:
     """405 for methods other than GET and POST, logged like every partner request."""
     record = request_record(request, endpoint, b"")
-    summarize(record, {clean(k): clean(v) for k, v in reversed(list(request.query.items()))})
+    summarize(record, partner_params(request, b""))
     error = ApiError(405, "method_not_allowed", "use GET or POST")
     await request.app[PARTNERS].log_rejection(record, None, error)
     return json_response(error.body, error.status, headers={"Allow": "GET, POST"})
@@ -78,10 +74,11 @@ def _dispatch(handler: Handler, endpoint: str) -> Handler:
 
 
 def add_routes(app: web.Application) -> None:
-    for handler, endpoint, paths in (
-        (postback, "postback", POSTBACK_PATHS),
-        (chat_contact, "chat", CHAT_PATHS),
+    for endpoint, serve, paths in (
+        ("postback", PartnerService.postback, POSTBACK_PATHS),
+        ("chat", PartnerService.contact, CHAT_PATHS),
     ):
+        handler = _dispatch(_handler(endpoint, serve), endpoint)
         for path in paths:
             for variant in (path, path + "/"):
-                app.router.add_route("*", variant, _dispatch(handler, endpoint))
+                app.router.add_route("*", variant, handler)

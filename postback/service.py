@@ -56,6 +56,11 @@ class Answer:
     body: dict[str, Any]
 
 
+def _chat_error(status: int, code: str, text: str) -> ApiError:
+    """The chat endpoint's errors have the seed's exact body: no ``code`` field."""
+    return ApiError(status, code, text, body={"success": False, "error": text})
+
+
 def _numeric_if_possible(user_id: str) -> int | str:
     """The Telegram id as a JSON number (as the seed shows it) when it is one that fits."""
     if user_id.isascii() and user_id.isdecimal() and len(user_id) <= 18:
@@ -220,20 +225,10 @@ class PartnerService:
             account = spot.account_id
             user_id = request.get("user_id")
             if user_id is None:
-                raise ApiError(
-                    400,
-                    "no_user_id",
-                    CHAT_NEEDS_USER,
-                    body={"success": False, "error": CHAT_NEEDS_USER},
-                )
+                raise _chat_error(400, "no_user_id", CHAT_NEEDS_USER)
             subscriber = await self._directory.subscriber_in_spot(spot, user_id)
             if subscriber is None:
-                raise ApiError(
-                    404,
-                    "subscriber_not_found",
-                    SUBSCRIBER_NOT_FOUND,
-                    body={"success": False, "error": SUBSCRIBER_NOT_FOUND},
-                )
+                raise _chat_error(404, "subscriber_not_found", SUBSCRIBER_NOT_FOUND)
         except ApiError as error:
             await self.log_rejection(request.record, account, error)
             return Answer(error.status, error.body)
