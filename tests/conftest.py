@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import pytest
+
+from tests import pg
 
 TEST_TIMEOUT = 60.0
 """Seconds an async test may take (a lost wake-up or a dead writer task shows up here)."""
@@ -33,3 +35,33 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             and not getattr(item.obj, "is_hypothesis_test", False)
         ):
             item.obj = _with_timeout(item.obj)
+
+
+@pytest.fixture
+async def pg_schema() -> AsyncIterator[str]:
+    """A fresh, empty PostgreSQL schema for this test (dropped afterwards).
+
+    Skips the test when no server answers, or fails it under ``POSTBACK_REQUIRE_POSTGRES=1``.
+    Pass :func:`tests.pg.dsn_for` ``(schema)`` to the code under test.
+    """
+    if not await pg.server_available():
+        if pg.REQUIRED:
+            pytest.fail(f"PostgreSQL is required (POSTBACK_REQUIRE_POSTGRES=1): none at {pg.DSN}")
+        pg.skipped = True
+        pytest.skip(f"no PostgreSQL at {pg.DSN}")
+    schema = pg.new_schema_name()
+    await pg.create_schema(schema)
+    try:
+        yield schema
+    finally:
+        await pg.drop_schema(schema)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if pg.skipped:
+        terminalreporter.write_line(
+            f"PostgreSQL tests were SKIPPED: no server at {pg.DSN} "
+            "(set POSTBACK_TEST_DSN, or start one; CI sets POSTBACK_REQUIRE_POSTGRES=1)",
+            yellow=True,
+            bold=True,
+        )
