@@ -4,8 +4,12 @@ Run from the repository root::
 
     python bench/load.py                    # 10 s per server, 64 connections, 20,000 subscribers
     python bench/load.py --seconds 30 --subscribers 50000
+    python bench/load.py --dsn postgresql://postgres@127.0.0.1/test   # + PostgreSQL x1, x2
 
-In one run, on a fresh SQLite database in a temporary directory:
+In one run, on a fresh SQLite database in a temporary directory (and, with ``--dsn``, then
+on PostgreSQL in a fresh schema with one ``serve`` instance, and in another with two
+instances on different ports, each request going to one of them at random, as a load
+balancer would send it; the PostgreSQL server's own CPU is shown in its column):
 
 1. Seed 1 account, a few spots, custom goals (``level10``, ``kyc_submit``) and N subscribers
    with clickids. Account, spots and goals go through ``postback.commands``; subscribers
@@ -62,14 +66,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 from yarl import URL
 
 # Make "python bench/load.py" work from the repository root without installing.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from eventstore import NewEvent
-from eventstore.sqlite import SQLiteEventStore
 from postback import commands
+from postback.backend import describe, open_store, with_search_path
+from postback.config import Config
 from postback.directory import Directory
 from postback.model import SUBSCRIBERS, Spot
 
@@ -125,9 +131,9 @@ def _subscriber_created(spot: Spot, subscriber_id: int, index: int) -> NewEvent:
     )
 
 
-async def seed(db_path: Path, subscribers: int) -> Seeded:
+async def seed(config: Config, subscribers: int) -> Seeded:
     started = time.perf_counter()
-    async with await SQLiteEventStore.open(db_path) as store:
+    async with await open_store(config) as store:
         directory = Directory(store)
         await directory.load()
         account, _ = await commands.create_account(directory, "Load bench")
@@ -189,9 +195,9 @@ class Pool:
 class Mix:
     """The request generator: which postback comes next, and what its answer changes."""
 
-    def __init__(self, base: str, clickids: Sequence[str], seed: int) -> None:
+    def __init__(self, bases: Sequence[str], clickids: Sequence[str], seed: int) -> None:
         self._rng = random.Random(seed)
-        self._base = base
+        self._bases = list(bases)  # several instances: each request to one at random
         self.fresh = Pool(list(clickids), self._rng)
         self.registered = Pool([], self._rng)
         self.deposited = Pool([], self._rng)
@@ -205,7 +211,8 @@ class Mix:
 
     def _url(self, query: str) -> URL:
         path = PATHS[self._rng.getrandbits(1)]
-        return URL(f"{self._base}{path}?{query}", encoded=True)
+        base = self._bases[0] if len(self._bases) == 1 else self._rng.choice(self._bases)
+        return URL(f"{base}{path}?{query}", encoded=True)
 
     def _source(self, kind: str) -> Pool | None:
         if kind == "reg":
@@ -267,14 +274,16 @@ class Run:
     server_cpu: float | None = None
     client_cpu: float = 0.0
     machine_cpu: float | None = None  # every process's, to tell what others took
+    database_cpu: float = 0.0  # the PostgreSQL server's processes (0 on SQLite)
     fallbacks: int = 0
 
     @property
     def others_cpu(self) -> float | None:
-        """CPU that neither the server nor this client used during the run."""
+        """CPU that neither the server(s), their database nor this client used."""
         if self.machine_cpu is None or self.server_cpu is None:
             return None
-        return max(0.0, self.machine_cpu - self.server_cpu - self.client_cpu)
+        used = self.server_cpu + self.client_cpu + self.database_cpu
+        return max(0.0, self.machine_cpu - used)
 
     @property
     def requests(self) -> int:
@@ -298,6 +307,27 @@ def process_cpu_seconds(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def processes_cpu_seconds(pids: Sequence[int]) -> float | None:
+    """The CPU of all of ``pids`` together (several service instances)."""
+    seconds = [process_cpu_seconds(pid) for pid in pids]
+    return None if None in seconds else sum(s for s in seconds if s is not None)
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU of the processes named ``postgres`` on this machine (the server and backends)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, _, rest = text.partition(" (")[2].rpartition(") ")
+        if name == "postgres":
+            fields = rest.split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def machine_cpu_seconds() -> float | None:
@@ -332,7 +362,7 @@ async def wait_healthy(base: str, process: subprocess.Popen[bytes], log: Path) -
     raise SystemExit(f"the server did not answer /healthz within {START_TIMEOUT:.0f} s")
 
 
-async def drive(run: Run, mix: Mix, pid: int, seconds: float, connections: int) -> None:
+async def drive(run: Run, mix: Mix, pids: Sequence[int], seconds: float, connections: int) -> None:
     loop = asyncio.get_running_loop()
     connector = aiohttp.TCPConnector(limit=connections)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
@@ -357,7 +387,8 @@ async def drive(run: Run, mix: Mix, pid: int, seconds: float, connections: int) 
                 run.by_kind[pick.kind, status] += 1
                 mix.done(pick, status)
 
-        server_before = process_cpu_seconds(pid)
+        server_before = processes_cpu_seconds(pids)
+        database_before = postgres_cpu_seconds()
         client_before = own_cpu_seconds()
         machine_before = machine_cpu_seconds()
         started = time.perf_counter()
@@ -365,10 +396,11 @@ async def drive(run: Run, mix: Mix, pid: int, seconds: float, connections: int) 
         await asyncio.gather(*(worker(deadline) for _ in range(connections)))
         run.seconds = time.perf_counter() - started
         run.client_cpu = own_cpu_seconds() - client_before
-        server_after = process_cpu_seconds(pid)
+        server_after = processes_cpu_seconds(pids)
         machine_after = machine_cpu_seconds()
         if server_before is not None and server_after is not None:
             run.server_cpu = server_after - server_before
+        run.database_cpu = postgres_cpu_seconds() - database_before
         if machine_before is not None and machine_after is not None:
             run.machine_cpu = machine_after - machine_before
     run.fallbacks = mix.fallbacks
@@ -448,18 +480,26 @@ async def server_metrics(base: str) -> dict[str, float]:
 
 
 async def load(
-    base: str,
-    process: subprocess.Popen[bytes],
+    bases: Sequence[str],
+    processes: Sequence[subprocess.Popen[bytes]],
     log: Path,
     run: Run,
     mix: Mix,
     args: argparse.Namespace,
     profile: Path | None,
 ) -> dict[str, float]:
-    await wait_healthy(base, process, log)
-    with profiling(process.pid, args.seconds, profile):
-        await drive(run, mix, process.pid, args.seconds, args.connections)
-    return await server_metrics(base) if run.name == "service" else {}
+    for base, process in zip(bases, processes, strict=True):
+        await wait_healthy(base, process, log)
+    pids = [process.pid for process in processes]
+    with profiling(pids[0], args.seconds, profile):
+        await drive(run, mix, pids, args.seconds, args.connections)
+    if run.name == "bare aiohttp":
+        return {}
+    summed: dict[str, float] = {}
+    for base in bases:
+        for name, value in (await server_metrics(base)).items():
+            summed[name] = summed.get(name, 0.0) + value
+    return summed
 
 
 # --------------------------------------------------------------------------- the log
@@ -474,10 +514,10 @@ class LogCheck:
     head: int = 0
 
 
-async def read_log(db_path: Path, after: int) -> LogCheck:
+async def read_log(config: Config, after: int) -> LogCheck:
     """What the log holds after position ``after``, read with the store after the kill."""
     check = LogCheck()
-    async with await SQLiteEventStore.open(db_path) as store:
+    async with await open_store(config) as store:
         async for batch in store.iter_all(after, 5000):
             for event in batch:
                 if event.type == "GoalReached":
@@ -552,19 +592,21 @@ def cpu_text(seconds: float | None, run: Run) -> str:
     return "   n/a" if seconds is None else f"{100 * seconds / run.seconds:5.0f}%"
 
 
-def report(service: Run, bare: Run, metrics: dict[str, float]) -> list[str]:
+def report(services: Sequence[Run], bare: Run, metrics: dict[str, dict[str, float]]) -> list[str]:
+    """The table and notes. ``services[0]`` is SQLite, the run the issue's targets are for."""
     header = (
-        f"{'':<26}{'postbacks/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-        f"{'requests':>10}{'server CPU':>12}{'client CPU':>12}{'others CPU':>12}"
+        f"{'':<30}{'postbacks/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+        f"{'requests':>10}{'server CPU':>12}{'DB CPU':>9}{'client CPU':>12}{'others CPU':>12}"
     )
     lines = [header]
     disturbed: list[str] = []
-    for label, run in (("service (postback serve)", service), ("bare aiohttp", bare)):
+    for run in (*services, bare):
         others = run.others_cpu
+        database = cpu_text(run.database_cpu, run) if run.database_cpu else "     -"
         lines.append(
-            f"{label:<26}{run.rate:>12,.0f}{run.percentile_ms(0.50):>9.2f}"
+            f"{run.name:<30}{run.rate:>12,.0f}{run.percentile_ms(0.50):>9.2f}"
             f"{run.percentile_ms(0.99):>9.2f}{run.percentile_ms(1.0):>9.2f}{run.requests:>10,}"
-            f"{cpu_text(run.server_cpu, run):>12}{cpu_text(run.client_cpu, run):>12}"
+            f"{cpu_text(run.server_cpu, run):>12}{database:>9}{cpu_text(run.client_cpu, run):>12}"
             f"{cpu_text(others, run):>12}"
         )
         if others is not None and others / run.seconds > DISTURBED:
@@ -575,20 +617,21 @@ def report(service: Run, bare: Run, metrics: dict[str, float]) -> list[str]:
             + " and ".join(disturbed)
             + ": the figures are disturbed; run again on a quiet machine"
         )
+    service = services[0]
     ratio = service.rate / bare.rate if bare.rate else float("nan")
     p99 = service.percentile_ms(0.99)
     lines.append("")
     lines.append(
-        f"ratio service/bare: {ratio:.2f}   (target >= {TARGET_RATIO}: "
+        f"ratio {service.name}/bare: {ratio:.2f}   (target >= {TARGET_RATIO}: "
         f"{'met' if ratio >= TARGET_RATIO else 'MISSED'})"
     )
     lines.append(
-        f"service p99: {p99:.2f} ms   (target < {TARGET_P99_MS:.0f} ms: "
+        f"{service.name} p99: {p99:.2f} ms   (target < {TARGET_P99_MS:.0f} ms: "
         f"{'met' if p99 < TARGET_P99_MS else 'MISSED'})"
     )
     lines.append("")
-    for label, run in (("service", service), ("bare", bare)):
-        lines.append(f"{label} answers by status: {statuses_text(run)}")
+    for run in (*services, bare):
+        lines.append(f"{run.name} answers by status: {statuses_text(run)}")
         lines.append(f"  by kind: {kinds_text(run)}")
         lines.append(
             "  latency by kind (p50/p99 ms): "
@@ -601,15 +644,17 @@ def report(service: Run, bare: Run, metrics: dict[str, float]) -> list[str]:
         if run.fallbacks:
             lines.append(f"  ({run.fallbacks:,} picks fell back to another kind: pool empty)")
     lines.append("")
-    for label, run in (("service", service), ("bare", bare)):
+    for run in (*services, bare):
         client_us = 1e6 * run.client_cpu / max(1, run.requests)
         text = (
-            f"{label} run: client {client_us:.0f} us CPU per request "
+            f"{run.name} run: client {client_us:.0f} us CPU per request "
             f"(its ceiling ~{1e6 / client_us:,.0f}/s on one core)"
         )
         if run.server_cpu is not None:
             server_us = 1e6 * run.server_cpu / max(1, run.requests)
             text += f"; server {server_us:.0f} us ({1e6 / server_us:,.0f}/s on one core)"
+        if run.database_cpu:
+            text += f"; PostgreSQL {1e6 * run.database_cpu / max(1, run.requests):.0f} us"
         lines.append(text)
     client_share = bare.client_cpu / bare.seconds if bare.seconds else 0.0
     if client_share >= CLIENT_BOUND and bare.server_cpu and bare.requests:
@@ -619,17 +664,23 @@ def report(service: Run, bare: Run, metrics: dict[str, float]) -> list[str]:
             f"bare aiohttp alone would answer ~{bare_ceiling:,.0f}/s on a core, and the "
             f"service/bare ratio against that is {service.rate / bare_ceiling:.2f}"
         )
+    for run in services:
+        lines.extend(service_side(run.name, metrics.get(run.name, {})))
+    return lines
+
+
+def service_side(name: str, metrics: dict[str, float]) -> list[str]:
     count = metrics.get("postback_append_batch_events_count", 0.0)
     served = metrics.get("postback_http_request_seconds_count", 0.0)
-    if count and served:
-        lines.append(
-            f"service side: {served:,.0f} requests in "
-            f"{1000 * metrics['postback_http_request_seconds_sum'] / served:.2f} ms each on average"
-            f" (handler time); {count:,.0f} group commits of "
-            f"{metrics['postback_append_batch_events_sum'] / count:.1f} events, "
-            f"{1000 * metrics['postback_append_batch_seconds_sum'] / count:.2f} ms each"
-        )
-    return lines
+    if not (count and served):
+        return []
+    return [
+        f"{name} side: {served:,.0f} requests in "
+        f"{1000 * metrics['postback_http_request_seconds_sum'] / served:.2f} ms each on average"
+        f" (handler time); {count:,.0f} group commits of "
+        f"{metrics['postback_append_batch_events_sum'] / count:.1f} events, "
+        f"{1000 * metrics['postback_append_batch_seconds_sum'] / count:.2f} ms each"
+    ]
 
 
 # --------------------------------------------------------------------------- main
@@ -646,6 +697,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--dir", type=Path, default=None, help="where the temporary directory goes (default: TMP)"
+    )
+    parser.add_argument(
+        "--dsn",
+        default=None,
+        help="also run the service on this PostgreSQL database, with one and with two"
+        " instances (each run in a fresh schema, dropped afterwards unless --keep)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the database and server logs")
     parser.add_argument("--seed", type=int, default=1, help="of the request mix")
@@ -675,75 +732,145 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One configuration of the service under load."""
+
+    name: str
+    config: Config
+    instances: int = 1
+
+
+async def _schema(dsn: str, schema: str, *, drop: bool) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        verb = f'DROP SCHEMA IF EXISTS "{schema}" CASCADE' if drop else f'CREATE SCHEMA "{schema}"'
+        await conn.execute(verb)
+    finally:
+        await conn.close()
+
+
+def targets(args: argparse.Namespace, workdir: Path) -> list[Target]:
+    found = [Target("service SQLite", Config(db_path=str(workdir / "postback.db")))]
+    if args.dsn:
+        tag = os.urandom(4).hex()
+        for instances in (1, 2):
+            schema = f"postback_load_{tag}_{instances}"
+            asyncio.run(_schema(args.dsn, schema, drop=False))
+            dsn = with_search_path(args.dsn, schema)
+            name = f"service PostgreSQL x{instances}"
+            found.append(Target(name, Config(dsn=dsn), instances))
+    return found
+
+
+def drop_schemas(found: Sequence[Target], dsn: str) -> None:
+    for target in found:
+        if target.config.dsn is not None:
+            schema = target.config.dsn.rsplit("search_path=", 1)[1]
+            asyncio.run(_schema(dsn, schema, drop=True))
+
+
+def run_service(
+    target: Target, args: argparse.Namespace, workdir: Path
+) -> tuple[Run, dict[str, float], LogCheck]:
+    """Seed, serve with ``target.instances`` processes, load, SIGKILL them, read the log."""
+    seeded = asyncio.run(seed(target.config, args.subscribers))
+    print(
+        f"{target.name}: seeded {describe(target.config)} with {len(seeded.clickids):,}"
+        f" subscribers in {seeded.seconds:.1f} s (log at position {seeded.last_position:,})"
+    )
+    ports = [free_port() for _ in range(target.instances)]
+    bases = [f"http://{HOST}:{port}" for port in ports]
+    database = (
+        ["--db", target.config.db_path]
+        if target.config.dsn is None
+        else ["--dsn", target.config.dsn]
+    )
+    log = workdir / f"{target.name.replace(' ', '-')}.log"
+    run = Run(target.name)
+    with contextlib.ExitStack() as stack:
+        processes = [
+            stack.enter_context(
+                running(
+                    [sys.executable, "-m", "postback", "serve", *database, "--port", str(port)],
+                    log.with_suffix(f".{index}.log"),
+                )
+            )
+            for index, port in enumerate(ports)
+        ]
+        metrics = asyncio.run(
+            load(
+                bases,
+                processes,
+                log.with_suffix(".0.log"),
+                run,
+                Mix(bases, seeded.clickids, args.seed),
+                args,
+                args.profile if target.instances == 1 and target.config.dsn is None else None,
+            )
+        )
+        # SIGKILL, now: only what was durable when each 200 was sent can be counted below.
+        for process in processes:
+            process.send_signal(signal.SIGKILL)
+    return run, metrics, asyncio.run(read_log(target.config, seeded.last_position))
+
+
 def bench(args: argparse.Namespace, workdir: Path) -> int:
     print(
         f"postback load bench: {os.cpu_count()} cores, {platform.python_implementation()} "
         f"{platform.python_version()}, aiohttp {aiohttp.__version__}, "
         f"SQLite {sqlite3.sqlite_version}, default asyncio loop"
     )
-    db_path = workdir / "postback.db"
-    seeded = asyncio.run(seed(db_path, args.subscribers))
-    print(
-        f"seeded {db_path}: 1 account, {seeded.spots} spots, goals {CUSTOM_GOAL} and kyc_submit,"
-        f" {len(seeded.clickids):,} subscribers with clickids in {seeded.seconds:.1f} s"
-        f" (log at position {seeded.last_position:,})"
-    )
     mix_text = " / ".join(f"{kind} {100 * w:.0f}%" for kind, w in WEIGHTS.items())
     print(
         f"load: {args.connections} keep-alive connections (aiohttp client in this process), "
-        f"{args.seconds:g} s per server; mix {mix_text}"
+        f"{args.seconds:g} s per server; mix {mix_text}; every run seeds 1 account,"
+        f" {SPOTS} spots, goals {CUSTOM_GOAL} and kyc_submit"
     )
-    print()
+    found = targets(args, workdir)
+    try:
+        services: list[Run] = []
+        metrics: dict[str, dict[str, float]] = {}
+        checks: dict[str, LogCheck] = {}
+        for target in found:
+            run, metrics[target.name], checks[target.name] = run_service(target, args, workdir)
+            services.append(run)
+    finally:
+        if args.dsn and not args.keep:
+            drop_schemas(found, args.dsn)
 
     port = free_port()
     base = f"http://{HOST}:{port}"
-    service = Run("service")
-    command = [sys.executable, "-m", "postback", "serve", "--db", str(db_path)]
-    command += ["--host", HOST, "--port", str(port)]
-    with running(command, workdir / "service.log") as process:
-        metrics = asyncio.run(
-            load(
-                base,
-                process,
-                workdir / "service.log",
-                service,
-                Mix(base, seeded.clickids, args.seed),
-                args,
-                args.profile,
-            )
-        )
-        # SIGKILL, now: only what was durable when each 200 was sent can be counted below.
-        process.send_signal(signal.SIGKILL)
-    check = asyncio.run(read_log(db_path, seeded.last_position))
-
-    port = free_port()
-    base = f"http://{HOST}:{port}"
-    bare = Run("bare")
+    bare = Run("bare aiohttp")
     command = [sys.executable, str(ROOT / "bench" / "load_server.py")]
     command += ["--host", HOST, "--port", str(port)]
+    clickids = [f"bench-{index:07d}" for index in range(args.subscribers)]
     with running(command, workdir / "bare.log") as process:
         asyncio.run(
             load(
-                base,
-                process,
+                [base],
+                [process],
                 workdir / "bare.log",
                 bare,
-                Mix(base, seeded.clickids, args.seed),
+                Mix([base], clickids, args.seed),
                 args,
                 None,
             )
         )
-
-    for line in report(service, bare, metrics):
-        print(line)
-    durable, lines = durability_lines(service, check)
     print()
-    print(
-        "durability (service killed with SIGKILL after its run, its database then read): "
-        + ("PASSED" if durable else "FAILED")
-    )
-    for line in lines:
+    for line in report(services, bare, metrics):
         print(line)
+    durable = True
+    for run in services:
+        ok, lines = durability_lines(run, checks[run.name])
+        durable &= ok
+        print()
+        print(
+            f"durability of {run.name} (killed with SIGKILL after its run, its log then read): "
+            + ("PASSED" if ok else "FAILED")
+        )
+        for line in lines:
+            print(line)
     return 0 if durable else 1
 
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 import uuid
-from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import asyncpg
+
+from postback.backend import with_search_path
 
 DSN = os.environ.get("POSTBACK_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 REQUIRED = os.environ.get("POSTBACK_REQUIRE_POSTGRES") == "1"
@@ -45,9 +46,7 @@ def new_schema_name() -> str:
 
 def dsn_for(schema: str, dsn: str = DSN) -> str:
     """``dsn`` with ``search_path`` set to ``schema`` (asyncpg passes it as a server setting)."""
-    parts = urlsplit(dsn)
-    query = "&".join(q for q in (parts.query, urlencode({"search_path": schema})) if q)
-    return urlunsplit(parts._replace(query=query))
+    return with_search_path(dsn, schema)
 
 
 async def create_schema(schema: str) -> None:
