@@ -12,6 +12,7 @@ from eventstore.base import (
     EventStore,
     ExpectedVersion,
     NewEvent,
+    RawEvent,
     RecordedEvent,
     StreamState,
     TamperFinding,
@@ -28,6 +29,7 @@ from eventstore.errors import (
     SchemaVersionError,
     StoreClosedError,
     StoreUnavailableError,
+    TamperedLogError,
 )
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "ExpectedVersion",
     "InvalidEventError",
     "NewEvent",
+    "RawEvent",
     "RecordedEvent",
     "SchemaVersionError",
     "StoreClosedError",
@@ -49,6 +52,7 @@ __all__ = [
     "StreamState",
     "TamperFinding",
     "TamperKind",
+    "TamperedLogError",
     "Upcasters",
     "VerifyReport",
     "new_event_id",

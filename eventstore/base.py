@@ -9,7 +9,7 @@ The log is append-only. Every event has:
 * the UTC time it was **recorded** (non-decreasing with the position);
 * a **hash** chaining it to its predecessor (see :mod:`eventstore.chain`).
 
-Backends (:mod:`eventstore.sqlite`, and PostgreSQL later) implement :class:`EventStore`
+Backends (:mod:`eventstore.sqlite`, :mod:`eventstore.postgres`) implement :class:`EventStore`
 and pass the same contract test suite; callers depend on this module only.
 """
 
@@ -92,6 +92,28 @@ class RecordedEvent:
     data: dict[str, Any]
     metadata: dict[str, Any]
     recorded_at: datetime
+    hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    """An event exactly as a backend stores it: every column the hash chain covers.
+
+    For copying a log between backends (``iter_raw`` on one, ``import_raw`` on another):
+    ``data`` and ``metadata`` are the stored canonical JSON bytes, never re-encoded, and
+    ``event_id`` the 16 bytes of the UUID, so the hash recomputed from a copy is the
+    original's and ``verify`` passes on the copy.
+    """
+
+    position: int
+    stream: str
+    version: int
+    event_id: bytes
+    type: str
+    schema_version: int
+    data: bytes
+    metadata: bytes
+    recorded_us: int
     hash: bytes
 
 

@@ -50,3 +50,17 @@ class SchemaVersionError(EventStoreError):
 
 class StoreClosedError(EventStoreError):
     """The store was used after ``close()``."""
+
+
+class TamperedLogError(EventStoreError):
+    """Events offered to ``import_raw`` do not continue this log; nothing was imported.
+
+    ``position`` is the first offending event: its hash does not chain from its
+    predecessor (the copy was edited, or comes from another log), or its position, stream
+    version or recorded time does not follow on, or its id is already stored.
+    """
+
+    def __init__(self, position: int, reason: str) -> None:
+        super().__init__(f"position {position}: {reason}")
+        self.position = position
+        self.reason = reason

@@ -21,7 +21,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
 from typing import Any, Literal, TypeVar, cast
 
@@ -34,6 +34,7 @@ from eventstore.base import (
     EventStore,
     ExpectedVersion,
     NewEvent,
+    RawEvent,
     RecordedEvent,
     StreamState,
     Upcasters,
@@ -411,6 +412,27 @@ class SQLiteEventStore(EventStore):
                 await self.last_position()  # appends by other processes on the file
         return self._last_committed
 
+    async def iter_raw(
+        self, after: int = 0, batch_size: int = 1000
+    ) -> AsyncIterator[list[RawEvent]]:
+        """Batches of the log after ``after`` exactly as stored (for copying it elsewhere).
+
+        The bytes of data and metadata are the stored (hashed) ones, so a backend that
+        imports the rows (``PostgresEventStore.import_raw``) keeps every hash valid.
+        """
+        sql = f"{_SELECT_EVENTS} WHERE e.position > ? ORDER BY e.position LIMIT ?"
+        while True:
+            self._check_open()
+            rows = await run_in_thread(
+                self._reader, partial(_fetch_all, sql=sql, params=(after, batch_size))
+            )
+            if not rows:
+                return
+            yield [RawEvent(*row) for row in rows]
+            after = rows[-1][0]
+            if len(rows) < batch_size:
+                return
+
     # -- verifying -----------------------------------------------------------------
 
     async def verify(self, anchor: tuple[int, bytes] | None = None) -> VerifyReport:
@@ -440,6 +462,10 @@ class SQLiteEventStore(EventStore):
         finally:
             await self._writer.close()
             await self._reader.close()
+
+
+def _fetch_all(conn: sqlite3.Connection, sql: str, params: Sequence[object]) -> list[Any]:
+    return conn.execute(sql, params).fetchall()
 
 
 def _verify(conn: sqlite3.Connection, anchor: tuple[int, bytes] | None) -> VerifyReport:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from eventstore.base import EventStore, Upcasters
 from tests.conftest import TEST_TIMEOUT
-from tests.eventstore.backends import BACKENDS
+from tests.eventstore.backends import BACKENDS, CLEANUPS, POSTGRES_SCHEMAS, drop_postgres
 from tests.eventstore.helpers import StoreFactory
 
 
@@ -32,12 +32,30 @@ async def store_factory(backend: str, tmp_path: Path) -> AsyncIterator[StoreFact
         return store
 
     yield open_store
-    for store in reversed(opened):
-        # idempotent: fine for the stores a test closed itself
-        await asyncio.wait_for(store.close(), TEST_TIMEOUT)
+    try:
+        for store in reversed(opened):
+            # idempotent: fine for the stores a test closed itself
+            await asyncio.wait_for(store.close(), TEST_TIMEOUT)
+    finally:
+        cleanup = CLEANUPS.get(backend)
+        if cleanup is not None:
+            await cleanup(tmp_path)
 
 
 @pytest.fixture
 async def store(store_factory: StoreFactory) -> EventStore:
     """An open store on an empty log; closed after the test (via ``store_factory``)."""
     return await store_factory()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_leftover_postgres_logs() -> Iterator[None]:
+    """Drop the logs (schemas) that outlived their tests: the property tests' last ones."""
+    yield
+    if POSTGRES_SCHEMAS:
+
+        async def drop_all() -> None:
+            for workdir in list(POSTGRES_SCHEMAS):
+                await drop_postgres(workdir)
+
+        asyncio.run(drop_all())
