@@ -1,6 +1,8 @@
-"""Read models folded from the event log, in an SQLite file of their own.
+"""Read models folded from the event log, in an SQLite file of their own or in PostgreSQL.
 
-Imports :mod:`eventstore` only. See :mod:`projections.runner` for the checkpoint contract.
+Imports :mod:`eventstore` only. See :mod:`projections.runner` for the checkpoint contract,
+:mod:`projections.database` for the databases and the portable SQL every projection writes,
+and docs/projections.md.
 """
 
 from projections.goal_stats import GoalStatsProjection

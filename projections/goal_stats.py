@@ -12,14 +12,16 @@ Its source is ``GoalReached`` (docs/events.md). Two tables:
 * ``goal_stats_hourly``: per account, spot, goal and UTC hour (``hour_us``, the hour's
   start): ``count``, ``unique_subscribers`` (exact within that hour) and the sum. Upserted
   with increments per batch; a subscriber counts as new in an hour if neither an earlier
-  fact in the table nor an earlier event of the batch has the same key and hour.
+  fact in the table nor an earlier event of the batch has the same key and hour (the table's
+  are read with one query per batch, for the batch's subscribers and hours).
 
 Money is exact and never a float. ``amount`` is a decimal string (at most 15 integer digits
 and 8 decimal places, as ``postback.amounts`` accepts). Its 1e-8 units can exceed SQLite's
 64-bit integers (1e15 needs 1e23 units), so an amount is stored as two integers:
 ``whole = floor(amount)`` and ``frac`` = the rest in units of 1e-8 (``0 <= frac < 10**8``).
 ``SUM`` over either column is exact in SQL (SQLite raises on integer overflow rather than
-rounding, and that needs sums beyond 9.2e18). :func:`units_to_decimal` turns them back into a
+rounding, and that needs sums beyond 9.2e18; PostgreSQL sums ``BIGINT`` into ``NUMERIC``,
+which readers turn back into ``int``). :func:`units_to_decimal` turns them back into a
 :class:`~decimal.Decimal`. A null or unreadable amount adds nothing to the sum (the goal still
 counts); an amount with more than 8 decimal places (which the service never writes) is rounded
 half-even to 8.
@@ -32,7 +34,6 @@ string ``goal`` are skipped: a projection must not stop the runner on one bad ev
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,6 +41,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Final, NamedTuple
 
 from eventstore.base import RecordedEvent
+from projections.database import SqlConnection, in_chunks
 
 GOAL_REACHED: Final = "GoalReached"
 UNITS_PER_WHOLE: Final = 10**8
@@ -54,52 +56,55 @@ MAX_AMOUNT: Final = Decimal(10) ** 15
 SCHEMA_SQL: Final[tuple[str, ...]] = (
     """
     CREATE TABLE IF NOT EXISTS goal_facts (
-        position INTEGER PRIMARY KEY,
-        account_id INTEGER NOT NULL,
-        spot_id INTEGER NOT NULL,
+        position BIGINT PRIMARY KEY,
+        account_id BIGINT NOT NULL,
+        spot_id BIGINT NOT NULL,
         goal TEXT NOT NULL,
-        subscriber_id INTEGER NOT NULL,
-        recorded_us INTEGER NOT NULL,
-        amount_whole INTEGER NOT NULL,
-        amount_frac INTEGER NOT NULL
-    )
+        subscriber_id BIGINT NOT NULL,
+        recorded_us BIGINT NOT NULL,
+        amount_whole BIGINT NOT NULL,
+        amount_frac BIGINT NOT NULL
+    ) WITHOUT ROWID
     """,
     "CREATE INDEX IF NOT EXISTS goal_facts_account_time ON goal_facts (account_id, recorded_us)",
     "CREATE INDEX IF NOT EXISTS goal_facts_time ON goal_facts (recorded_us)",
     "CREATE INDEX IF NOT EXISTS goal_facts_subscriber ON goal_facts (subscriber_id, recorded_us)",
     """
     CREATE TABLE IF NOT EXISTS goal_stats_hourly (
-        account_id INTEGER NOT NULL,
-        spot_id INTEGER NOT NULL,
+        account_id BIGINT NOT NULL,
+        spot_id BIGINT NOT NULL,
         goal TEXT NOT NULL,
-        hour_us INTEGER NOT NULL,
-        count INTEGER NOT NULL,
-        unique_subscribers INTEGER NOT NULL,
-        sum_whole INTEGER NOT NULL,
-        sum_frac INTEGER NOT NULL,
+        hour_us BIGINT NOT NULL,
+        count BIGINT NOT NULL,
+        unique_subscribers BIGINT NOT NULL,
+        sum_whole BIGINT NOT NULL,
+        sum_frac BIGINT NOT NULL,
         PRIMARY KEY (account_id, spot_id, goal, hour_us)
     ) WITHOUT ROWID
     """,
 )
 
 _INSERT_FACT = (
-    "INSERT OR IGNORE INTO goal_facts (position, account_id, spot_id, goal, subscriber_id,"
+    "INSERT INTO goal_facts (position, account_id, spot_id, goal, subscriber_id,"
     " recorded_us, amount_whole, amount_frac) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT DO NOTHING"
 )
-_SEEN_IN_HOUR = (
-    "SELECT 1 FROM goal_facts WHERE subscriber_id = ? AND recorded_us >= ? AND recorded_us < ?"
-    " AND account_id = ? AND spot_id = ? AND goal = ? LIMIT 1"
+_FACTS_OF = (
+    "SELECT account_id, spot_id, goal, subscriber_id, recorded_us FROM goal_facts"
+    " WHERE subscriber_id IN ({marks}) AND recorded_us >= ? AND recorded_us < ?"
 )
-# SET expressions read the row's old values; frac stays in [0, 10**8).
+# SET expressions read the row's old values (qualified: PostgreSQL requires it); frac stays
+# in [0, 10**8), so / and % see no negative operand.
+_H = "goal_stats_hourly"
 _UPSERT_HOUR = (
-    "INSERT INTO goal_stats_hourly (account_id, spot_id, goal, hour_us, count,"
+    f"INSERT INTO {_H} (account_id, spot_id, goal, hour_us, count,"
     " unique_subscribers, sum_whole, sum_frac) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (account_id, spot_id, goal, hour_us) DO UPDATE SET"
-    " count = count + excluded.count,"
-    " unique_subscribers = unique_subscribers + excluded.unique_subscribers,"
-    f" sum_whole = sum_whole + excluded.sum_whole"
-    f" + (sum_frac + excluded.sum_frac) / {UNITS_PER_WHOLE},"
-    f" sum_frac = (sum_frac + excluded.sum_frac) % {UNITS_PER_WHOLE}"
+    f" count = {_H}.count + excluded.count,"
+    f" unique_subscribers = {_H}.unique_subscribers + excluded.unique_subscribers,"
+    f" sum_whole = {_H}.sum_whole + excluded.sum_whole"
+    f" + ({_H}.sum_frac + excluded.sum_frac) / {UNITS_PER_WHOLE},"
+    f" sum_frac = ({_H}.sum_frac + excluded.sum_frac) % {UNITS_PER_WHOLE}"
 )
 
 
@@ -221,41 +226,47 @@ class _Hour:
         return self.whole * UNITS_PER_WHOLE + self.frac
 
 
+def _seen_in_hours(
+    conn: SqlConnection, facts: Sequence[Fact]
+) -> set[tuple[int, int, str, int, int]]:
+    """``(account_id, spot_id, goal, hour_us, subscriber_id)`` of the facts already in the
+    table for the subscribers of ``facts``, in the hours ``facts`` span: one query per
+    :func:`~projections.database.in_chunks` list, not one probe per fact."""
+    low = min(fact.hour_us for fact in facts)
+    high = max(fact.hour_us for fact in facts) + HOUR_US
+    seen: set[tuple[int, int, str, int, int]] = set()
+    for marks, ids in in_chunks({fact.subscriber_id for fact in facts}):
+        rows = conn.execute(_FACTS_OF.format(marks=marks), [*ids, low, high]).fetchall()
+        for account_id, spot_id, goal, subscriber_id, recorded_us in rows:
+            hour_us = recorded_us - recorded_us % HOUR_US
+            seen.add((account_id, spot_id, goal, hour_us, subscriber_id))
+    return seen
+
+
 class GoalStatsProjection:
     """See the module docstring. Stateless: any number of runners may share one."""
 
     name = "goal_stats"
     schema_sql: Sequence[str] = SCHEMA_SQL
 
-    def apply_batch(self, conn: sqlite3.Connection, events: Sequence[RecordedEvent]) -> None:
+    def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
         facts = [fact for fact in map(fact_of, events) if fact is not None]
         if not facts:
             return
         (applied,) = conn.execute("SELECT COALESCE(MAX(position), 0) FROM goal_facts").fetchone()
         facts = [fact for fact in facts if fact.position > applied]
+        if not facts:
+            return
+        seen = _seen_in_hours(conn, facts)
         hours: dict[tuple[int, int, str, int], _Hour] = {}
-        seen: set[tuple[int, int, str, int, int]] = set()
         for fact in facts:
             key = (fact.account_id, fact.spot_id, fact.goal, fact.hour_us)
             hour = hours.setdefault(key, _Hour())
             hour.count += 1
             hour.whole += fact.amount_whole
             hour.frac += fact.amount_frac
-            if (*key, fact.subscriber_id) in seen:
-                continue
-            seen.add((*key, fact.subscriber_id))
-            earlier = conn.execute(
-                _SEEN_IN_HOUR,
-                (
-                    fact.subscriber_id,
-                    fact.hour_us,
-                    fact.hour_us + HOUR_US,
-                    fact.account_id,
-                    fact.spot_id,
-                    fact.goal,
-                ),
-            ).fetchone()
-            if earlier is None:
+            if (*key, fact.subscriber_id) not in seen:
+                seen.add((*key, fact.subscriber_id))
                 hour.uniques += 1
         conn.executemany(_INSERT_FACT, facts)
         conn.executemany(
@@ -266,6 +277,6 @@ class GoalStatsProjection:
             ],
         )
 
-    def reset(self, conn: sqlite3.Connection) -> None:
+    def reset(self, conn: SqlConnection) -> None:
         conn.execute("DROP TABLE IF EXISTS goal_facts")
         conn.execute("DROP TABLE IF EXISTS goal_stats_hourly")

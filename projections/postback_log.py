@@ -8,27 +8,27 @@ the same ``request_id``; the first one (lowest position) makes the row.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from typing import Any, Final
 
 import orjson
 
 from eventstore.base import RecordedEvent
+from projections.database import SqlConnection
 
 SCHEMA_SQL: Final[tuple[str, ...]] = (
     """
     CREATE TABLE IF NOT EXISTS postback_log (
         request_id TEXT PRIMARY KEY,
-        position INTEGER NOT NULL,
-        account_id INTEGER,
+        position BIGINT NOT NULL,
+        account_id BIGINT,
         endpoint TEXT,
         clickid TEXT,
         user_id TEXT,
         spot TEXT,
         goal TEXT,
         txid TEXT,
-        status INTEGER NOT NULL,
+        status BIGINT NOT NULL,
         ip TEXT,
         method TEXT,
         path TEXT,
@@ -47,9 +47,9 @@ SCHEMA_SQL: Final[tuple[str, ...]] = (
 )
 
 _INSERT = (
-    "INSERT OR IGNORE INTO postback_log (request_id, position, account_id, endpoint, clickid,"
+    "INSERT INTO postback_log (request_id, position, account_id, endpoint, clickid,"
     " user_id, spot, goal, txid, status, ip, method, path, query, body, received_at, response)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
 
 _TEXT_FIELDS: Final = ("endpoint", "clickid", "user_id", "spot", "goal", "txid")
@@ -117,17 +117,17 @@ class PostbackLogProjection:
     name = "postback_log"
     schema_sql: Sequence[str] = SCHEMA_SQL
 
-    def apply_batch(self, conn: sqlite3.Connection, events: Sequence[RecordedEvent]) -> None:
+    def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
         rows = [row for row in map(row_of, events) if row is not None]
         if rows:
             conn.executemany(_INSERT, rows)
 
-    def reset(self, conn: sqlite3.Connection) -> None:
+    def reset(self, conn: SqlConnection) -> None:
         conn.execute("DROP TABLE IF EXISTS postback_log")
 
 
 def list_postbacks(
-    conn: sqlite3.Connection,
+    conn: SqlConnection,
     *,
     account_id: int | None,
     clickid: str | None = None,

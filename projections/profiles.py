@@ -13,7 +13,6 @@ applying a batch twice changes nothing.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -21,30 +20,29 @@ from typing import Any, Final
 import orjson
 
 from eventstore.base import RecordedEvent
+from projections.database import SqlConnection
 from projections.subscribers import (
     GOAL_REACHED,
     PLAYER_ID_ASSIGNED,
     SUBSCRIBER_CREATED,
     rows_by_id,
     subscriber_of,
+    upsert,
 )
 
 SCHEMA_SQL: Final[tuple[str, ...]] = (
     """
     CREATE TABLE IF NOT EXISTS profiles (
-        subscriber_id INTEGER PRIMARY KEY,
-        account_id INTEGER,
+        subscriber_id BIGINT PRIMARY KEY,
+        account_id BIGINT,
         player_id TEXT,
         fields TEXT NOT NULL,
-        last_position INTEGER NOT NULL
-    )
+        last_position BIGINT NOT NULL
+    ) WITHOUT ROWID
     """,
 )
 COLUMNS: Final = ("subscriber_id", "account_id", "player_id", "fields", "last_position")
-_REPLACE = (
-    f"INSERT OR REPLACE INTO profiles ({', '.join(COLUMNS)})"
-    f" VALUES ({', '.join('?' * len(COLUMNS))})"
-)
+_REPLACE = upsert("profiles", COLUMNS, "subscriber_id")
 
 
 def canonical(fields: dict[str, Any]) -> str:
@@ -84,7 +82,7 @@ class ProfilesProjection:
     name = "profiles"
     schema_sql: Sequence[str] = SCHEMA_SQL
 
-    def apply_batch(self, conn: sqlite3.Connection, events: Sequence[RecordedEvent]) -> None:
+    def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
         todo = [
             (subscriber_id, event)
             for event in events
@@ -113,11 +111,11 @@ class ProfilesProjection:
             ],
         )
 
-    def reset(self, conn: sqlite3.Connection) -> None:
+    def reset(self, conn: SqlConnection) -> None:
         conn.execute("DROP TABLE IF EXISTS profiles")
 
 
-def profile_row(conn: sqlite3.Connection, subscriber_id: int) -> dict[str, Any] | None:
+def profile_row(conn: SqlConnection, subscriber_id: int) -> dict[str, Any] | None:
     """``{"player_id", "profile"}`` of a subscriber, as in
     :func:`postback.views.subscriber_view`; None if the projection has no row for it."""
     found = conn.execute(

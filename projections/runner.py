@@ -1,15 +1,26 @@
-"""Projections: read models folded from the log, kept in an SQLite file of their own.
+"""Projections: read models folded from the log, in SQLite beside it or in PostgreSQL.
 
 A :class:`Projection` turns batches of :class:`~eventstore.base.RecordedEvent` into rows.
 A :class:`ProjectionRunner` feeds it the log in order and records, per projection, the
-position it has applied up to (its *checkpoint*, in ``projection_checkpoints``).
+position it has applied up to (its *checkpoint*, in ``projection_checkpoints``). Where the
+rows live is a :class:`~projections.database.ProjectionDatabase`: by default an SQLite file
+of their own beside the log, or ``database=PostgresProjectionDatabase(dsn)``.
 
-* Rows and checkpoint commit in the **same** transaction (``BEGIN IMMEDIATE ... COMMIT``),
-  so a crash never skips an event nor applies one twice: after a restart the runner
-  resumes from the checkpoint, and everything after it was rolled back.
-* The checkpoint is read *inside* that transaction: several runners (processes) on the same
-  file never apply an event twice either; whoever commits first wins, the others skip.
-* Each transaction is one call in aiosqlite's worker thread: the event loop never blocks.
+* Rows and checkpoint commit in the **same** transaction, so a crash never skips an event
+  nor applies one twice: after a restart the runner resumes from the checkpoint, and
+  everything after it was rolled back.
+* The checkpoint is read *inside* that transaction, and the writers of one database take
+  turns (SQLite ``BEGIN IMMEDIATE``; PostgreSQL a transaction-level advisory lock): several
+  runners never apply an event twice either; whoever commits first wins, the others skip.
+* **One active runner** on PostgreSQL: of the runners whose :meth:`~ProjectionRunner.run`
+  shares a schema and a set of projections, only the holder of an advisory lock applies
+  (the *leader*); the others follow the shared checkpoints (NOTIFY, and a periodic
+  re-read) and take over when its session ends. On SQLite every runner leads.
+  :meth:`~ProjectionRunner.catch_up` and :meth:`~ProjectionRunner.rebuild` apply whoever
+  calls them (safe by the two rules above).
+* Projection code is synchronous and runs in a worker thread, never on the event loop; its
+  SQL is portable (the rule is in :mod:`projections.database`: ``?``, ``BIGINT``, upserts
+  with ``ON CONFLICT``, no PRAGMA or ``json_each``).
 * A projection's tables have no migrations: to change a schema, change the projection's
   ``name`` (a new checkpoint, built from position 0) or call :meth:`ProjectionRunner.rebuild`.
 """
@@ -17,35 +28,21 @@ position it has applied up to (its *checkpoint*, in ``projection_checkpoints``).
 from __future__ import annotations
 
 import asyncio
-import bisect
-import contextlib
 import logging
 import os
-import sqlite3
-from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Protocol, TypeVar
 
-import aiosqlite
-
-from eventstore.base import RecordedEvent
+from eventstore.base import EventStore, RecordedEvent
 from eventstore.errors import StoreUnavailableError
-from eventstore.sqlite import SQLiteEventStore, open_connection, run_in_thread
+from projections import checkpoints
+from projections.database import ProjectionDatabase, SqlConnection, SQLiteProjectionDatabase
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS_SQL = (
-    "CREATE TABLE IF NOT EXISTS projection_checkpoints ("
-    " name TEXT PRIMARY KEY, position INTEGER NOT NULL, updated_at TEXT NOT NULL)"
-)
-_SAVE_CHECKPOINT = (
-    "INSERT INTO projection_checkpoints (name, position, updated_at) VALUES (?, ?, ?)"
-    " ON CONFLICT (name) DO UPDATE SET position = excluded.position,"
-    " updated_at = excluded.updated_at"
-)
 _RETRY_FIRST = 0.1
 _RETRY_MAX = 5.0
 
@@ -54,7 +51,8 @@ class Projection(Protocol):
     """A read model. Its methods run in the runner's worker thread, inside its transaction.
 
     They must only use the connection they are given (no commit, no BEGIN, no asyncio),
-    and be deterministic: applying a log in any split of batches gives the same rows.
+    write portable SQL (:mod:`projections.database`), and be deterministic: applying a log
+    in any split of batches gives the same rows.
     """
 
     @property
@@ -65,91 +63,15 @@ class Projection(Protocol):
     def schema_sql(self) -> Sequence[str]:
         """``CREATE TABLE/INDEX IF NOT EXISTS`` statements, run when the runner opens."""
 
-    def apply_batch(self, conn: sqlite3.Connection, events: Sequence[RecordedEvent]) -> None:
+    def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
         """Fold ``events`` (consecutive, in position order, all after the checkpoint)."""
 
-    def reset(self, conn: sqlite3.Connection) -> None:
+    def reset(self, conn: SqlConnection) -> None:
         """Remove every row (or drop the tables: ``schema_sql`` is run again afterwards)."""
 
 
 class ProjectionStoppedError(RuntimeError):
     """:meth:`ProjectionRunner.wait_until` cannot finish: the runner closed or failed."""
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
-
-
-def _transaction(conn: sqlite3.Connection, body: Callable[[], T]) -> T:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = body()
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    return result
-
-
-def _read_checkpoints(conn: sqlite3.Connection) -> dict[str, int]:
-    rows = conn.execute("SELECT name, position FROM projection_checkpoints").fetchall()
-    return {str(name): int(position) for name, position in rows}
-
-
-def _setup(conn: sqlite3.Connection, projections: Sequence[Projection]) -> dict[str, int]:
-    def body() -> dict[str, int]:
-        conn.execute(CHECKPOINTS_SQL)
-        now = _now()
-        for projection in projections:
-            for statement in projection.schema_sql:
-                conn.execute(statement)
-            conn.execute(
-                "INSERT OR IGNORE INTO projection_checkpoints (name, position, updated_at)"
-                " VALUES (?, 0, ?)",
-                (projection.name, now),
-            )
-        return _read_checkpoints(conn)
-
-    return _transaction(conn, body)
-
-
-def _apply(
-    conn: sqlite3.Connection, projections: Sequence[Projection], events: Sequence[RecordedEvent]
-) -> dict[str, int]:
-    """Apply ``events`` to every projection behind, with its checkpoint; one transaction."""
-    first, last = events[0].position, events[-1].position
-    positions = [event.position for event in events]
-
-    def body() -> dict[str, int]:
-        stored = _read_checkpoints(conn)  # inside the write lock: another runner may be ahead
-        reached: dict[str, int] = {}
-        now = _now()
-        for projection in projections:
-            checkpoint = stored.get(projection.name, 0)
-            if first - 1 <= checkpoint < last:
-                todo = events[bisect.bisect_right(positions, checkpoint) :]
-                projection.apply_batch(conn, todo)
-                conn.execute(_SAVE_CHECKPOINT, (projection.name, last, now))
-                checkpoint = last
-            # checkpoint < first - 1: reset elsewhere; the runner re-reads from there.
-            reached[projection.name] = checkpoint
-        return reached
-
-    return _transaction(conn, body)
-
-
-def _reset(conn: sqlite3.Connection, projections: Sequence[Projection]) -> dict[str, int]:
-    def body() -> dict[str, int]:
-        now = _now()
-        for projection in projections:
-            projection.reset(conn)
-            for statement in projection.schema_sql:
-                conn.execute(statement)
-            conn.execute(_SAVE_CHECKPOINT, (projection.name, 0, now))
-        return _read_checkpoints(conn)
-
-    return _transaction(conn, body)
 
 
 def projections_path(log_path: str) -> str:
@@ -162,11 +84,25 @@ def projections_path(log_path: str) -> str:
     return f"{root}.projections{ext or '.db'}"
 
 
-class ProjectionRunner:
-    """Keeps ``projections`` up to date with the log of ``store`` (in a file of their own).
+def _default_database(store: EventStore, path: str | os.PathLike[str] | None) -> ProjectionDatabase:
+    if path is None:
+        # An SQLite log (or a view of one, as the CLI's) names its file; any other needs
+        # path= or database=.
+        log_path = getattr(store, "path", None)
+        if not isinstance(log_path, str):
+            raise ValueError("give path= or database=: the log is not an SQLite file")
+        if log_path in ("", ":memory:") or log_path.startswith("file::memory:"):
+            raise ValueError("projections need the log in a file, not in memory")
+        path = projections_path(log_path)
+    return SQLiteProjectionDatabase(path)
 
-    Connections are opened on first use (or by :meth:`open`); call :meth:`close` at the end,
-    before closing the store. Typical use::
+
+class ProjectionRunner:
+    """Keeps ``projections`` up to date with the log of ``store``.
+
+    The rows go to ``database``, by default an SQLite file beside the log (``path`` to
+    choose another file). Connections are opened on first use (or by :meth:`open`); call
+    :meth:`close` at the end, before closing the store. Typical use::
 
         runner = ProjectionRunner(store, [PostbackLogProjection()])
         task = asyncio.create_task(runner.run())
@@ -178,12 +114,13 @@ class ProjectionRunner:
 
     def __init__(
         self,
-        store: SQLiteEventStore,
+        store: EventStore,
         projections: Sequence[Projection],
         *,
         batch_size: int = 5000,
         idle_timeout: float = 5.0,
         path: str | os.PathLike[str] | None = None,
+        database: ProjectionDatabase | None = None,
     ) -> None:
         names = [projection.name for projection in projections]
         if not names:
@@ -192,15 +129,15 @@ class ProjectionRunner:
             raise ValueError(f"projection names must be unique: {names}")
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        if store.path in ("", ":memory:") or store.path.startswith("file::memory:"):
-            raise ValueError("projections need the log in a file, not in memory")
+        if database is not None and path is not None:
+            raise ValueError("give path= (an SQLite file) or database=, not both")
         self._store = store
-        self._path = os.fspath(path) if path is not None else projections_path(store.path)
+        self._database = database if database is not None else _default_database(store, path)
         self._projections = tuple(projections)
+        self._names = tuple(names)
         self._batch_size = batch_size
         self._idle_timeout = idle_timeout
-        self._writer: aiosqlite.Connection | None = None
-        self._reader: aiosqlite.Connection | None = None
+        self._opened = False
         self._open_lock = asyncio.Lock()
         self._apply_lock = asyncio.Lock()
         self._checkpoints: dict[str, int] = dict.fromkeys(names, 0)
@@ -213,6 +150,11 @@ class ProjectionRunner:
         self._closed = False
 
     # -- state -----------------------------------------------------------------------
+
+    @property
+    def database(self) -> ProjectionDatabase:
+        """Where the rows and checkpoints are."""
+        return self._database
 
     @property
     def checkpoints(self) -> Mapping[str, int]:
@@ -229,9 +171,15 @@ class ProjectionRunner:
         """Events in the log (as last seen) that some projection has not applied yet."""
         return max(0, self._head - self.position)
 
+    @property
+    def is_leader(self) -> bool:
+        """Whether :meth:`run` applies here (always on SQLite; on PostgreSQL, while this
+        runner holds the leadership lock; a follower only follows the checkpoints)."""
+        return self._database.is_leader
+
     def _advance(self, reached: Mapping[str, int]) -> None:
-        self._checkpoints.update(reached)
-        self._head = max(self._head, *reached.values())
+        self._checkpoints.update({name: reached.get(name, 0) for name in self._names})
+        self._head = max(self._head, *self._checkpoints.values())
         self._advanced.set()
         self._advanced = asyncio.Event()
 
@@ -242,50 +190,43 @@ class ProjectionRunner:
         if self._closed:
             raise ProjectionStoppedError("the projection runner is closed")
         async with self._open_lock:
-            if self._writer is not None:
+            if self._opened:
                 return
-            writer = await open_connection(
-                self._path,
-                [
-                    "PRAGMA busy_timeout = 10000",
-                    "PRAGMA journal_mode = WAL",
-                    # Rows and checkpoint still commit atomically together; a commit lost
-                    # on power loss is simply applied again from the log.
-                    "PRAGMA synchronous = NORMAL",
-                ],
-            )
+            await self._database.open()
             try:
-                stored = await run_in_thread(writer, lambda raw: _setup(raw, self._projections))
-                reader = await open_connection(
-                    self._path, ["PRAGMA busy_timeout = 10000", "PRAGMA query_only = 1"]
+                stored = await self._database.transaction(
+                    partial(checkpoints.setup, projections=self._projections)
                 )
             except BaseException:
-                await writer.close()
+                await self._database.close()
                 raise
-            self._writer, self._reader = writer, reader
-            self._advance({name: stored.get(name, 0) for name in self._checkpoints})
+            self._opened = True
+            self._advance(stored)
 
-    async def _connections(self) -> tuple[aiosqlite.Connection, aiosqlite.Connection]:
+    async def _ready(self) -> ProjectionDatabase:
         await self.open()
-        if self._writer is None or self._reader is None:  # closed meanwhile
+        if self._closed:
             raise ProjectionStoppedError("the projection runner is closed")
-        return self._writer, self._reader
+        return self._database
 
-    async def query(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(conn)`` on a read-only connection, in its thread (one snapshot per call
-        if ``fn`` opens a transaction; otherwise per statement). sqlite3 errors become
-        :class:`~eventstore.errors.StoreUnavailableError`."""
-        _, reader = await self._connections()
-        return await run_in_thread(reader, fn)
+    async def query(self, fn: Callable[[SqlConnection], T]) -> T:
+        """Run ``fn(conn)`` on a read-only connection, in a worker thread (SQLite: one
+        snapshot per call if ``fn`` opens a transaction, otherwise per statement;
+        PostgreSQL: one snapshot per call). Driver errors become
+        :class:`~eventstore.errors.StoreUnavailableError` (or ``EventStoreError``)."""
+        database = await self._ready()
+        return await database.read(fn)
 
     # -- applying ----------------------------------------------------------------------
 
     async def catch_up(self) -> int:
-        """Apply everything in the log now to every projection; return the position reached."""
+        """Apply everything in the log now to every projection; return the position reached.
+
+        Applies whether or not this runner leads (see the module docstring)."""
         return await self._catch_up(stoppable=False)
 
     async def _catch_up(self, *, stoppable: bool) -> int:
-        writer, _ = await self._connections()
+        database = await self._ready()
         async with self._apply_lock:
             self._head = max(self._head, await self._store.last_position())
             while True:
@@ -293,10 +234,9 @@ class ProjectionRunner:
                 batch = await self._store.read_all(after, self._batch_size)
                 if not batch:
                     return after
-                # All of them: _apply skips those whose stored checkpoint is past the batch.
-                apply = partial(_apply, projections=self._projections, events=batch)
-                reached = await run_in_thread(writer, apply)
-                self._advance(reached)
+                # All of them: apply() skips those whose stored checkpoint is past the batch.
+                apply = partial(checkpoints.apply, projections=self._projections, events=batch)
+                self._advance(await database.transaction(apply, notify=True))
                 if len(batch) < self._batch_size and self.position >= batch[-1].position:
                     return self.position
                 if stoppable and self._stop.is_set():
@@ -304,25 +244,35 @@ class ProjectionRunner:
 
     async def run(self) -> None:
         """Catch up, then follow the log as it grows, until :meth:`stop`, :meth:`close` or
-        cancellation. Transient database errors (locked, I/O) are logged and retried with
-        backoff; any other error ends ``run()`` (raised) and fails :meth:`wait_until`.
+        cancellation; on PostgreSQL only while leading, following the leader otherwise.
+        Transient database errors (locked, I/O, a lost connection) are logged and retried
+        with backoff; any other error ends ``run()`` (raised) and fails :meth:`wait_until`.
         After :meth:`stop`, ``run()`` returns at once: a stopped runner stays stopped."""
         self._running += 1
         self._run_exited.clear()
         self._failure = None
         delay = _RETRY_FIRST
+        led = False
         try:
             while not self._stop.is_set():
                 try:
-                    position = await self._catch_up(stoppable=True)
-                    if self._stop.is_set():
-                        break
+                    database = await self._ready()
+                    if await database.lead(self._names):
+                        if not led:  # the checkpoints may have moved while following
+                            self._advance(await database.read(checkpoints.read_checkpoints))
+                            led = True
+                        position = await self._catch_up(stoppable=True)
+                        if self._stop.is_set():
+                            break
+                        await self._wait_for_log(position)
+                    else:
+                        led = False
+                        await self._follow(database)
                     delay = _RETRY_FIRST
-                    await self._wait_for_log(position)
                 except StoreUnavailableError as exc:
+                    led = False
                     log.warning("projections: %s; retrying in %.1f s", exc, delay)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stop.wait(), delay)
+                    await self._until_stopped(asyncio.sleep(delay))
                     delay = min(delay * 2, _RETRY_MAX)
         except Exception as exc:
             self._failure = exc
@@ -333,21 +283,36 @@ class ProjectionRunner:
             if not self._running:
                 self._run_exited.set()
 
-    async def _wait_for_log(self, position: int) -> None:
-        waiting = asyncio.ensure_future(
-            self._store.wait_for_events(position, timeout=self._idle_timeout)
-        )
+    async def _follow(self, database: ProjectionDatabase) -> None:
+        """One round of a follower: re-read the shared checkpoints, then wait for the
+        leader's next commit (or the time to re-read, or to try the lock again)."""
+        seen = database.changes
+        self._advance(await database.read(checkpoints.read_checkpoints))
+        self._head = max(self._head, await self._store.last_position())
+        await self._until_stopped(database.wait_for_change(seen))
+
+    async def _until_stopped(self, waiting: Awaitable[object]) -> object:
+        """``waiting``'s result, or None as soon as :meth:`stop` is called."""
+        task = asyncio.ensure_future(waiting)
         stopping = asyncio.ensure_future(self._stop.wait())
         try:
-            await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (waiting, stopping):
-                task.cancel()
-            await asyncio.gather(waiting, stopping, return_exceptions=True)
-        if waiting.done() and not waiting.cancelled():
-            if (exc := waiting.exception()) is not None:
+            for pending in (task, stopping):
+                pending.cancel()
+            await asyncio.gather(task, stopping, return_exceptions=True)
+        if task.done() and not task.cancelled():
+            if (exc := task.exception()) is not None:
                 raise exc
-            self._head = max(self._head, waiting.result())
+            return task.result()
+        return None
+
+    async def _wait_for_log(self, position: int) -> None:
+        reached = await self._until_stopped(
+            self._store.wait_for_events(position, timeout=self._idle_timeout)
+        )
+        if isinstance(reached, int):
+            self._head = max(self._head, reached)
 
     def stop(self) -> None:
         """Ask :meth:`run` to return (after the transaction in progress, if any)."""
@@ -356,9 +321,10 @@ class ProjectionRunner:
     async def wait_until(self, position: int) -> None:
         """Return once every projection has applied the log up to ``position``.
 
-        Does not apply anything itself: something must be running :meth:`run` (or calling
-        :meth:`catch_up`). Raises :class:`ProjectionStoppedError` if the runner closes or
-        ``run()`` fails first. Bound it with ``asyncio.timeout`` where needed.
+        Does not apply anything itself: something must be running :meth:`run` (a leader
+        here or, on PostgreSQL, elsewhere while this runner's ``run()`` follows it) or
+        calling :meth:`catch_up`. Raises :class:`ProjectionStoppedError` if the runner
+        closes or ``run()`` fails first. Bound it with ``asyncio.timeout`` where needed.
         """
         while self.position < position:
             if self._closed or self._failure is not None:
@@ -377,9 +343,10 @@ class ProjectionRunner:
         unknown = set(names or ()) - {p.name for p in chosen}
         if unknown:
             raise ValueError(f"unknown projections: {sorted(unknown)}")
-        writer, _ = await self._connections()
+        database = await self._ready()
         async with self._apply_lock:
-            stored = await run_in_thread(writer, lambda raw: _reset(raw, chosen))
+            reset = partial(checkpoints.reset, projections=chosen)
+            stored = await database.transaction(reset, notify=True)
             self._checkpoints.update({p.name: stored.get(p.name, 0) for p in chosen})
         return await self.catch_up()
 
@@ -391,7 +358,5 @@ class ProjectionRunner:
         self._closed = True
         self._advanced.set()
         async with self._open_lock, self._apply_lock:
-            for conn in (self._writer, self._reader):
-                if conn is not None:
-                    await conn.close()
-            self._writer = self._reader = None
+            await self._database.close()
+            self._opened = False

@@ -27,12 +27,12 @@ or ``group_by`` key, ``date_from`` after ``date_to``, a range over :data:`MAX_DA
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from projections.database import SqlConnection
 from projections.goal_stats import EPOCH, format_amount, to_us, units_to_decimal
 
 GROUP_KEYS: Final[tuple[str, ...]] = ("goal", "day", "spot")
@@ -115,7 +115,7 @@ def day_bounds(first: date, last: date, zone: tzinfo) -> list[tuple[date, int, i
 
 
 def query_stats(
-    conn: sqlite3.Connection,
+    conn: SqlConnection,
     *,
     account_id: int | None,
     date_from: date | None = None,
@@ -138,7 +138,7 @@ def query_stats(
     zone = resolve_tz(tz)
     if date_from is not None and date_to is not None and date_from > date_to:
         raise ValueError(f"from ({date_from}) is after to ({date_to})")
-    where = ["1"]
+    where = ["1 = 1"]
     params: list[object] = []
     if account_id is not None:
         where.append("f.account_id = ?")
@@ -171,14 +171,14 @@ def query_stats(
             **dict(zip(keys, row[: len(keys)], strict=True)),
             "count": row[-4],
             "unique_subscribers": row[-3],
-            "sum": format_amount(units_to_decimal(row[-2], row[-1])),
+            "sum": format_amount(units_to_decimal(_int(row[-2]), _int(row[-1]))),
         }
         for row in rows
     ]
 
 
 def _select(
-    conn: sqlite3.Connection,
+    conn: SqlConnection,
     keys: tuple[str, ...],
     zone: tzinfo,
     date_from: date | None,
@@ -187,11 +187,11 @@ def _select(
     params: list[object],
 ) -> list[tuple[Any, ...]]:
     columns = [_COLUMNS[key] for key in keys]
-    grouping = f" GROUP BY {', '.join(columns)} ORDER BY {', '.join(columns)}" if keys else ""
+    grouping = f" GROUP BY {', '.join(columns)}" if keys else ""
     select = ", ".join([*columns, _AGGREGATES])
     if "day" not in keys:
         sql = f"SELECT {select} FROM goal_facts AS f WHERE {where}{grouping}"
-        return list(conn.execute(sql, params).fetchall())
+        return _ordered(conn.execute(sql, params).fetchall(), len(keys))
     if date_from is None or date_to is None:
         first_us, last_us = conn.execute(
             f"SELECT MIN(f.recorded_us), MAX(f.recorded_us) FROM goal_facts AS f WHERE {where}",
@@ -212,4 +212,15 @@ def _select(
         f" WHERE f.recorded_us >= d.start_us AND f.recorded_us < d.end_us AND {where}"
         f"{grouping}"
     )
-    return list(conn.execute(sql, params).fetchall())
+    return _ordered(conn.execute(sql, params).fetchall(), len(keys))
+
+
+def _ordered(rows: list[tuple[Any, ...]], width: int) -> list[tuple[Any, ...]]:
+    """Rows by their group values: text in code point order (SQLite's ``BINARY``) whatever
+    the database's collation; group values are never NULL."""
+    return sorted(rows, key=lambda row: row[:width])
+
+
+def _int(value: Any) -> int | None:
+    """A ``SUM``: an int on SQLite, a Decimal (``NUMERIC``) on PostgreSQL, None if empty."""
+    return None if value is None else int(value)

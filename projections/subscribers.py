@@ -17,21 +17,20 @@ Times are microseconds since the Unix epoch (UTC) of ``recorded_at``; money is e
 ``whole`` + ``frac`` 1e-8 units (see :mod:`projections.goal_stats`). A subscriber is told by
 its stream name (what the view reads), or by ``subscriber_id`` for ``SubscriberCreated``;
 ``GoalReached`` without a string ``goal`` is skipped. ``apply_batch`` reads the rows of the
-batch's subscribers in one query, folds in Python, and writes with ``executemany``; events at
-or below a row's ``last_position`` are skipped, so applying a batch twice changes nothing.
+batch's subscribers in one query (per 512 of them), folds in Python, and writes with
+``executemany``; events at or below a row's ``last_position`` are skipped, so applying a
+batch twice changes nothing.
 """
 
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Final
 
-import orjson
-
 from eventstore.base import RecordedEvent, utc_from_micros
+from projections.database import SqlConnection, in_chunks
 from projections.goal_stats import (
     UNITS_PER_WHOLE,
     format_amount,
@@ -51,32 +50,32 @@ _SUBSCRIBER_STREAM: Final = re.compile(r"subscriber-([1-9][0-9]*)")
 SCHEMA_SQL: Final[tuple[str, ...]] = (
     """
     CREATE TABLE IF NOT EXISTS subscribers (
-        subscriber_id INTEGER PRIMARY KEY,
-        account_id INTEGER,
-        spot_id INTEGER,
+        subscriber_id BIGINT PRIMARY KEY,
+        account_id BIGINT,
+        spot_id BIGINT,
         spot_token TEXT,
         user_id TEXT,
         clickid TEXT,
-        registered_us INTEGER,
-        first_deposit_us INTEGER,
-        first_deposit_whole INTEGER,
-        first_deposit_frac INTEGER,
-        deposit_count INTEGER NOT NULL,
-        deposit_whole INTEGER NOT NULL,
-        deposit_frac INTEGER NOT NULL,
-        rebill_count INTEGER NOT NULL,
-        contact_count INTEGER NOT NULL,
-        last_position INTEGER NOT NULL
-    )
+        registered_us BIGINT,
+        first_deposit_us BIGINT,
+        first_deposit_whole BIGINT,
+        first_deposit_frac BIGINT,
+        deposit_count BIGINT NOT NULL,
+        deposit_whole BIGINT NOT NULL,
+        deposit_frac BIGINT NOT NULL,
+        rebill_count BIGINT NOT NULL,
+        contact_count BIGINT NOT NULL,
+        last_position BIGINT NOT NULL
+    ) WITHOUT ROWID
     """,
     """
     CREATE TABLE IF NOT EXISTS subscriber_goals (
-        subscriber_id INTEGER NOT NULL,
+        subscriber_id BIGINT NOT NULL,
         goal TEXT NOT NULL,
-        count INTEGER NOT NULL,
-        first_us INTEGER NOT NULL,
-        last_us INTEGER NOT NULL,
-        first_position INTEGER NOT NULL,
+        count BIGINT NOT NULL,
+        first_us BIGINT NOT NULL,
+        last_us BIGINT NOT NULL,
+        first_position BIGINT NOT NULL,
         PRIMARY KEY (subscriber_id, goal)
     ) WITHOUT ROWID
     """,
@@ -86,7 +85,7 @@ _UPSERT_GOAL = (
     "INSERT INTO subscriber_goals (subscriber_id, goal, count, first_us, last_us,"
     " first_position) VALUES (?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (subscriber_id, goal) DO UPDATE SET"
-    " count = count + excluded.count, last_us = excluded.last_us"
+    " count = subscriber_goals.count + excluded.count, last_us = excluded.last_us"
 )
 
 
@@ -108,16 +107,24 @@ def subscriber_of(event: RecordedEvent) -> int | None:
 
 
 def rows_by_id(
-    conn: sqlite3.Connection, table: str, columns: Sequence[str], ids: Collection[int]
+    conn: SqlConnection, table: str, columns: Sequence[str], ids: Collection[int]
 ) -> list[tuple[Any, ...]]:
-    """The rows of ``table`` whose ``subscriber_id`` is in ``ids``: one query, any size."""
-    if not ids:
-        return []
-    sql = (
-        f"SELECT {', '.join(columns)} FROM {table}"
-        " WHERE subscriber_id IN (SELECT value FROM json_each(?))"
+    """The rows of ``table`` whose ``subscriber_id`` is in ``ids``: one query per
+    :func:`~projections.database.in_chunks` list (512 ids)."""
+    rows: list[tuple[Any, ...]] = []
+    for marks, chunk in in_chunks(ids):
+        sql = f"SELECT {', '.join(columns)} FROM {table} WHERE subscriber_id IN ({marks})"
+        rows.extend(conn.execute(sql, chunk).fetchall())
+    return rows
+
+
+def upsert(table: str, columns: Sequence[str], key: str) -> str:
+    """``INSERT`` of a whole row that replaces the row with the same ``key`` (portable)."""
+    updates = ", ".join(f"{column} = excluded.{column}" for column in columns if column != key)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        f" ON CONFLICT ({key}) DO UPDATE SET {updates}"
     )
-    return conn.execute(sql, (orjson.dumps(sorted(ids)),)).fetchall()
 
 
 @dataclass(slots=True)
@@ -172,10 +179,7 @@ class _Row:
 
 
 COLUMNS: Final[tuple[str, ...]] = tuple(field.name for field in fields(_Row))
-_REPLACE = (
-    f"INSERT OR REPLACE INTO subscribers ({', '.join(COLUMNS)})"
-    f" VALUES ({', '.join('?' * len(COLUMNS))})"
-)
+_REPLACE = upsert("subscribers", COLUMNS, "subscriber_id")
 
 
 @dataclass(slots=True)
@@ -194,7 +198,7 @@ class SubscribersProjection:
     name = "subscribers"
     schema_sql: Sequence[str] = SCHEMA_SQL
 
-    def apply_batch(self, conn: sqlite3.Connection, events: Sequence[RecordedEvent]) -> None:
+    def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
         todo = [
             (subscriber_id, event)
             for event in events
@@ -238,7 +242,7 @@ class SubscribersProjection:
             ],
         )
 
-    def reset(self, conn: sqlite3.Connection) -> None:
+    def reset(self, conn: SqlConnection) -> None:
         conn.execute("DROP TABLE IF EXISTS subscribers")
         conn.execute("DROP TABLE IF EXISTS subscriber_goals")
 
@@ -248,7 +252,7 @@ def iso(us: int | None) -> str | None:
     return None if us is None else utc_from_micros(us).isoformat()
 
 
-def subscriber_row(conn: sqlite3.Connection, subscriber_id: int) -> dict[str, Any] | None:
+def subscriber_row(conn: SqlConnection, subscriber_id: int) -> dict[str, Any] | None:
     """A subscriber as :func:`postback.views.subscriber_view` shows it, without ``player_id``
     and ``profile`` (see :func:`projections.profiles.profile_row`); None if unknown.
     Run it through :meth:`projections.runner.ProjectionRunner.query`."""

@@ -1,29 +1,35 @@
 """Compare projection tables row by row: the live ones against a fresh replay of the log.
 
-``postback verify`` replays every projection into a temporary file up to the position the
-live projections have reached, then calls :func:`compare_projections`. For each projection
-it lists the tables the projection owns (:func:`owned_tables`, parsed from the ``CREATE
-TABLE`` statements of its ``schema_sql``) and compares them as two sorted streams:
+``postback verify`` replays every projection into a temporary database (an SQLite file, or
+on PostgreSQL a temporary schema: :func:`projections.pg_database.temporary_schema`) up to
+the position the live projections have reached, then calls :func:`compare_projections` (or
+:func:`compare_databases`). For each projection it lists the tables the projection owns
+(:func:`owned_tables`, parsed from the ``CREATE TABLE`` statements of its ``schema_sql``)
+and compares them as two sorted streams:
 
 * both sides are read with ``SELECT <key columns>, <other columns> ... ORDER BY`` the same
-  columns (``COLLATE BINARY``), so neither table is ever held in memory;
-* the *key* is the table's primary key (``PRAGMA table_info``), or every column when it has
-  none; :func:`diff_sorted` merges the two streams and counts rows that are **missing**
-  (in the replay, not live), **extra** (live, not in the replay) and **changed** (same key,
-  other values), keeping the first ``limit`` of each table as examples.
+  columns in the order of :func:`sort_key` (SQLite: ``COLLATE BINARY``; PostgreSQL: text
+  ``COLLATE "C"``, ``NULLS FIRST``), so neither table is ever held in memory (PostgreSQL
+  streams through a server-side cursor) and the two sides may be of different dialects;
+* the *key* is the table's primary key (``PRAGMA table_info``, or ``information_schema``
+  on PostgreSQL), or every column when it has none; :func:`diff_sorted` merges the two
+  streams and counts rows that are **missing** (in the replay, not live), **extra** (live,
+  not in the replay) and **changed** (same key, other values), keeping the first ``limit``
+  of each table as examples.
 
-:func:`diff_sorted` works on any two sorted row iterables (it needs no SQLite); only
-:func:`table_shape` and the ``SELECT`` of :func:`compare_table` are SQLite dialect.
+:func:`diff_sorted` works on any two sorted row iterables; only :func:`table_shape` and
+:func:`select_sorted` know the dialects.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
-import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from projections.database import ProjectionDatabase, SqlConnection, dialect_of
 from projections.runner import Projection
 
 DEFAULT_LIMIT: Final = 5
@@ -61,14 +67,39 @@ def quote(identifier: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class TableShape:
-    """A table's columns (in declaration order) and the columns that identify a row."""
+    """A table's columns (in declaration order), the columns that identify a row, and
+    (PostgreSQL) those of a text type, which sort ``COLLATE "C"``."""
 
     columns: tuple[str, ...]
     key: tuple[str, ...]
+    text: frozenset[str] = frozenset()
 
 
-def table_shape(conn: sqlite3.Connection, table: str) -> TableShape | None:
-    """The shape of ``table`` in ``conn`` (SQLite), None if there is no such table."""
+_PG_COLUMNS: Final = (
+    "SELECT column_name, data_type FROM information_schema.columns"
+    " WHERE table_schema = current_schema() AND CAST(table_name AS TEXT) = ?"
+    " ORDER BY ordinal_position"
+)
+_PG_KEY: Final = (
+    "SELECT k.column_name FROM information_schema.table_constraints AS c"
+    " JOIN information_schema.key_column_usage AS k"
+    " ON k.constraint_schema = c.constraint_schema AND k.constraint_name = c.constraint_name"
+    " WHERE c.constraint_type = 'PRIMARY KEY' AND c.table_schema = current_schema()"
+    " AND CAST(c.table_name AS TEXT) = ? ORDER BY k.ordinal_position"
+)
+_PG_TEXT_TYPES: Final = frozenset({"text", "character varying", "character"})
+
+
+def table_shape(conn: SqlConnection, table: str) -> TableShape | None:
+    """The shape of ``table`` in ``conn``, None if there is no such table."""
+    if dialect_of(conn) == "postgres":
+        info = conn.execute(_PG_COLUMNS, (table,)).fetchall()
+        if not info:
+            return None
+        columns = tuple(str(name) for name, _ in info)
+        key = tuple(str(row[0]) for row in conn.execute(_PG_KEY, (table,)).fetchall())
+        text = frozenset(str(name) for name, kind in info if kind in _PG_TEXT_TYPES)
+        return TableShape(columns, key or columns, text)
     info = conn.execute(f"PRAGMA table_info({quote(table)})").fetchall()
     if not info:
         return None
@@ -77,9 +108,27 @@ def table_shape(conn: sqlite3.Connection, table: str) -> TableShape | None:
     return TableShape(columns, tuple(name for _, name in primary) or columns)
 
 
+def select_sorted(
+    conn: SqlConnection, table: str, shape: TableShape, columns: Sequence[str]
+) -> Iterator[Sequence[Any]]:
+    """The rows of ``table`` (``columns``, in that order), sorted by them as :func:`sort_key`
+    orders values; streamed."""
+    names = ", ".join(map(quote, columns))
+    if dialect_of(conn) == "postgres":
+        collate = dict.fromkeys(shape.text, ' COLLATE "C"')
+        order = ", ".join(f"{quote(name)}{collate.get(name, '')} NULLS FIRST" for name in columns)
+        stream = getattr(conn, "stream")  # noqa: B009 (the PgBridge's)
+        sql = f"SELECT {names} FROM {quote(table)} ORDER BY {order}"
+        yield from stream(sql)
+        return
+    order = ", ".join(f"{quote(name)} COLLATE BINARY" for name in columns)
+    yield from conn.execute(f"SELECT {names} FROM {quote(table)} ORDER BY {order}")
+
+
 def sort_key(values: Iterable[Any]) -> tuple[tuple[int, Any], ...]:
     """A Python key that orders rows as SQLite's ``ORDER BY`` (``COLLATE BINARY``) does:
-    NULL, then numbers, then text (UTF-8 byte order = code point order), then blobs."""
+    NULL, then numbers, then text (UTF-8 byte order = code point order), then blobs.
+    (PostgreSQL has one type per column; :func:`select_sorted` orders it the same way.)"""
     return tuple(_rank(value) for value in values)
 
 
@@ -226,8 +275,8 @@ def _checked(
 
 
 def compare_table(
-    live: sqlite3.Connection,
-    fresh: sqlite3.Connection,
+    live: SqlConnection,
+    fresh: SqlConnection,
     projection: str,
     table: str,
     limit: int = DEFAULT_LIMIT,
@@ -248,11 +297,14 @@ def compare_table(
         return diff
     key = fresh_shape.key
     columns = (*key, *(name for name in fresh_shape.columns if name not in key))
-    order = ", ".join(f"{quote(name)} COLLATE BINARY" for name in columns)
-    sql = f"SELECT {', '.join(map(quote, columns))} FROM {quote(table)} ORDER BY {order}"
     try:
         return diff_sorted(
-            diff, columns, len(key), live.execute(sql), fresh.execute(sql), limit=limit
+            diff,
+            columns,
+            len(key),
+            select_sorted(live, table, live_shape, columns),
+            select_sorted(fresh, table, fresh_shape, columns),
+            limit=limit,
         )
     except ValueError as exc:
         diff.problem = str(exc)
@@ -273,24 +325,24 @@ class ProjectionDiff:
         return self.live_checkpoint == self.fresh_checkpoint and all(t.ok for t in self.tables)
 
 
-def read_checkpoints(conn: sqlite3.Connection) -> dict[str, int]:
+def read_checkpoints(conn: SqlConnection) -> dict[str, int]:
     """``projection_checkpoints`` as a dict ({} if the table does not exist)."""
-    try:
-        rows = conn.execute("SELECT name, position FROM projection_checkpoints").fetchall()
-    except sqlite3.OperationalError:
+    if table_shape(conn, "projection_checkpoints") is None:
         return {}
+    rows = conn.execute("SELECT name, position FROM projection_checkpoints").fetchall()
     return {str(name): int(position) for name, position in rows}
 
 
 def compare_projections(
-    live: sqlite3.Connection,
-    fresh: sqlite3.Connection,
+    live: SqlConnection,
+    fresh: SqlConnection,
     projections: Sequence[Projection],
     limit: int = DEFAULT_LIMIT,
 ) -> list[ProjectionDiff]:
     """Compare every table of every projection, and their checkpoints.
 
-    Run each side in one read transaction (``BEGIN``) so that it is one snapshot.
+    Run each side in one read transaction (``BEGIN``) so that it is one snapshot (as
+    :func:`compare_databases` does). Blocking: call it from a worker thread.
     """
     live_checkpoints: Mapping[str, int] = read_checkpoints(live)
     fresh_checkpoints: Mapping[str, int] = read_checkpoints(fresh)
@@ -305,6 +357,19 @@ def compare_projections(
             diff.tables.append(compare_table(live, fresh, projection.name, table, limit))
         result.append(diff)
     return result
+
+
+async def compare_databases(
+    live: ProjectionDatabase,
+    fresh: ProjectionDatabase,
+    projections: Sequence[Projection],
+    limit: int = DEFAULT_LIMIT,
+) -> list[ProjectionDiff]:
+    """:func:`compare_projections` on a snapshot of each database, in a worker thread."""
+    async with live.snapshot() as live_conn, fresh.snapshot() as fresh_conn:
+        return await asyncio.to_thread(
+            compare_projections, live_conn, fresh_conn, projections, limit
+        )
 
 
 def format_report(diffs: Sequence[ProjectionDiff]) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import orjson
 
 from eventstore.base import NewEvent, RecordedEvent
+from projections.database import SqlConnection
 from projections.runner import ProjectionRunner
 
 
@@ -18,7 +18,8 @@ class Boom(Exception):
 
 
 class Recording:
-    """Appends one row per event it is given (no unique key: a double apply would show).
+    """Appends one row per event it is given (no unique key: a double apply would show),
+    numbered in insertion order (``seq``, portable where SQLite has ``rowid``).
 
     ``fail_at``: raise :class:`Boom` on reaching that position, after having inserted the
     rows before it in the same batch (a failure in the middle of a transaction).
@@ -28,30 +29,33 @@ class Recording:
         self.name = name
         self.fail_at = fail_at
         self.schema_sql: Sequence[str] = (
-            f"CREATE TABLE IF NOT EXISTS {name} (position INTEGER NOT NULL,"
+            f"CREATE TABLE IF NOT EXISTS {name} (seq BIGINT NOT NULL, position BIGINT NOT NULL,"
             " stream TEXT NOT NULL, type TEXT NOT NULL, data BLOB NOT NULL)",
         )
         self.calls: list[list[int]] = []
         """The positions of each apply_batch call, committed or not."""
 
-    def apply_batch(self, conn: sqlite3.Connection, events: Sequence[RecordedEvent]) -> None:
+    def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
         self.calls.append([event.position for event in events])
         for event in events:
             if event.position == self.fail_at:
                 raise Boom(f"failing at {event.position}")
             conn.execute(
-                f"INSERT INTO {self.name} VALUES (?, ?, ?, ?)",
+                f"INSERT INTO {self.name} (seq, position, stream, type, data)"
+                f" SELECT COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ? FROM {self.name}",
                 (event.position, event.stream, event.type, orjson.dumps(event.data)),
             )
 
-    def reset(self, conn: sqlite3.Connection) -> None:
+    def reset(self, conn: SqlConnection) -> None:
         conn.execute(f"DELETE FROM {self.name}")
 
 
 async def recorded(runner: ProjectionRunner, name: str = "recording") -> list[tuple[Any, ...]]:
-    """The rows of a :class:`Recording` table, in insertion order."""
+    """The rows of a :class:`Recording` table, in insertion order (without ``seq``)."""
     return await runner.query(
-        lambda conn: conn.execute(f"SELECT * FROM {name} ORDER BY rowid").fetchall()
+        lambda conn: conn.execute(
+            f"SELECT position, stream, type, data FROM {name} ORDER BY seq"
+        ).fetchall()
     )
 
 

@@ -1,19 +1,18 @@
 """The goal_stats projection: facts, hourly aggregates, exact money, batch splits.
 
 Events are built by hand (``goal_event``) with chosen ``recorded_at`` times and folded with
-``apply_batch`` on a plain sqlite3 connection: the store would stamp the commit time.
+``apply_batch`` on a plain connection of the projection database (SQLite or PostgreSQL: the
+same numbers on both): the store would stamp the commit time.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +21,7 @@ from hypothesis import strategies as st
 
 from eventstore.base import NewEvent, RecordedEvent
 from eventstore.sqlite import SQLiteEventStore
+from projections.database import SqlConnection
 from projections.goal_stats import (
     HOUR_US,
     GoalStatsProjection,
@@ -32,6 +32,7 @@ from projections.goal_stats import (
     units_to_decimal,
 )
 from projections.stats_query import query_stats
+from tests.projections.backends import Scope, examples, transaction
 from tests.projections.conftest import RunnerFactory
 
 PROPERTY_SETTINGS = settings(
@@ -83,35 +84,33 @@ def goal_event(
     )
 
 
-def new_db(path: Path | str = ":memory:") -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None)
-    for statement in GoalStatsProjection.schema_sql:
-        conn.execute(statement)
+def new_db(conn: SqlConnection) -> SqlConnection:
+    """``conn`` (to an empty database) with the goal_stats tables."""
+    with transaction(conn):
+        for statement in GoalStatsProjection.schema_sql:
+            conn.execute(statement)
     return conn
 
 
-def fold(conn: sqlite3.Connection, *batches: Sequence[RecordedEvent]) -> sqlite3.Connection:
+def fold(conn: SqlConnection, *batches: Sequence[RecordedEvent]) -> SqlConnection:
     """Apply each batch in its own transaction, as the runner does."""
     projection = GoalStatsProjection()
     for batch in batches:
-        conn.execute("BEGIN IMMEDIATE")
-        projection.apply_batch(conn, batch)
-        conn.execute("COMMIT")
+        with transaction(conn):
+            projection.apply_batch(conn, batch)
     return conn
 
 
 @pytest.fixture
-def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    opened = new_db(tmp_path / "stats.db")
-    yield opened
-    opened.close()
+def conn(projection_db: Scope) -> SqlConnection:
+    return new_db(projection_db.connect())
 
 
-def hourly(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
-    return conn.execute("SELECT * FROM goal_stats_hourly ORDER BY 1, 2, 3, 4").fetchall()
+def hourly(conn: SqlConnection) -> list[tuple[Any, ...]]:
+    return sorted(conn.execute("SELECT * FROM goal_stats_hourly").fetchall())
 
 
-def facts(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+def facts(conn: SqlConnection) -> list[tuple[Any, ...]]:
     return conn.execute("SELECT * FROM goal_facts ORDER BY position").fetchall()
 
 
@@ -167,7 +166,7 @@ def test_format_amount() -> None:
     assert format_amount(Decimal("1E+3")) == "1000.00"
 
 
-def test_sums_are_exact(conn: sqlite3.Connection) -> None:
+def test_sums_are_exact(conn: SqlConnection) -> None:
     fold(
         conn,
         [
@@ -195,7 +194,7 @@ def test_sums_are_exact(conn: sqlite3.Connection) -> None:
 # -- the projection ----------------------------------------------------------------------
 
 
-def test_facts_and_hourly_rows(conn: sqlite3.Connection) -> None:
+def test_facts_and_hourly_rows(conn: SqlConnection) -> None:
     fold(
         conn,
         [
@@ -233,7 +232,7 @@ def test_malformed_goals_are_skipped() -> None:
     assert fact_of(goal_event(1, "2026-11-24T10:00", event_type="PlayerIdAssigned")) is None
 
 
-def test_a_batch_applied_twice_counts_once(conn: sqlite3.Connection) -> None:
+def test_a_batch_applied_twice_counts_once(conn: SqlConnection) -> None:
     batch = [goal_event(1, "2026-11-24T10:00", 1, "dep", "5"), goal_event(2, "2026-11-24T10:01")]
     fold(conn, batch)
     before = hourly(conn), facts(conn)
@@ -241,7 +240,7 @@ def test_a_batch_applied_twice_counts_once(conn: sqlite3.Connection) -> None:
     assert (hourly(conn), facts(conn)) == before
 
 
-def test_reset_drops_the_tables(conn: sqlite3.Connection) -> None:
+def test_reset_drops_the_tables(conn: SqlConnection) -> None:
     fold(conn, [goal_event(1, "2026-11-24T10:00")])
     GoalStatsProjection().reset(conn)
     for statement in GoalStatsProjection.schema_sql:
@@ -313,11 +312,19 @@ def facts_per_hour(events: list[RecordedEvent]) -> list[tuple[Any, ...]]:
     return rows
 
 
-@PROPERTY_SETTINGS
-@given(events=goal_logs(), cuts=st.lists(st.integers(0, 100), max_size=8))
-def test_incremental_equals_rebuild(events: list[RecordedEvent], cuts: list[int]) -> None:
-    whole = fold(new_db(), events)
-    pieces = fold(new_db(), *split(events, cuts))
+def test_incremental_equals_rebuild(projection_db: Scope) -> None:
+    @examples(PROPERTY_SETTINGS, projection_db, postgres=30)
+    @given(events=goal_logs(), cuts=st.lists(st.integers(0, 100), max_size=8))
+    def check(events: list[RecordedEvent], cuts: list[int]) -> None:
+        with projection_db.child() as scope:
+            incremental_equals_rebuild(scope, events, cuts)
+
+    check()
+
+
+def incremental_equals_rebuild(scope: Scope, events: list[RecordedEvent], cuts: list[int]) -> None:
+    whole = fold(new_db(scope.connect()), events)
+    pieces = fold(new_db(scope.connect()), *split(events, cuts))
     assert facts(pieces) == facts(whole)
     assert hourly(pieces) == hourly(whole) == facts_per_hour(events)
     totals = query_stats(pieces, account_id=None, group_by=["goal"])
@@ -346,7 +353,7 @@ async def test_runner_folds_the_log_and_queries_on_its_reader(
     runner = make_runner([GoalStatsProjection()], batch_size=3)
     await runner.catch_up()
 
-    def stats(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    def stats(conn: SqlConnection) -> list[dict[str, Any]]:
         return query_stats(conn, account_id=1, group_by=["goal", "day"], tz="Asia/Kolkata")
 
     rows = await runner.query(stats)

@@ -1,7 +1,9 @@
-"""Property: however the log is split into batches and restarts, the rows are the same.
+"""Property: however the log is split into batches and restarts, the rows are the same,
+on either projection database.
 
 Hypothesis and pytest fixtures do not mix per example, so each example opens its stores in
-a fresh temporary directory and runs its own event loop (``asyncio.run``).
+a fresh temporary directory, its projection databases in a child scope of ``projection_db``,
+and runs its own event loop (``asyncio.run``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from eventstore.base import NewEvent
 from eventstore.sqlite import SQLiteEventStore
 from projections.postback_log import PostbackLogProjection, list_postbacks
 from projections.runner import ProjectionRunner
+from tests.projections.backends import Scope, examples
 from tests.projections.helpers import Recording, postback_meta, recorded
 
 PROPERTY_SETTINGS = settings(
@@ -75,12 +78,14 @@ def projections() -> list[Any]:
     return [Recording(), PostbackLogProjection()]
 
 
-async def all_at_once(workdir: Path, log: list[tuple[str, list[NewEvent]]]) -> Snapshot:
+async def all_at_once(
+    scope: Scope, workdir: Path, log: list[tuple[str, list[NewEvent]]]
+) -> Snapshot:
     store = await SQLiteEventStore.open(workdir / "whole.db", poll_interval=None)
     try:
         for stream, events in log:
             await store.append(stream, events)
-        runner = ProjectionRunner(store, projections(), batch_size=10_000)
+        runner = scope.runner(store, projections(), place="whole", batch_size=10_000)
         try:
             await runner.catch_up()
             return await snapshot(runner)
@@ -91,7 +96,7 @@ async def all_at_once(workdir: Path, log: list[tuple[str, list[NewEvent]]]) -> S
 
 
 async def in_pieces(
-    workdir: Path, log: list[tuple[str, list[NewEvent]]], batch_sizes: list[int]
+    scope: Scope, workdir: Path, log: list[tuple[str, list[NewEvent]]], batch_sizes: list[int]
 ) -> Snapshot:
     """After each append, a new runner (a restart) resumes from the stored checkpoints."""
     store = await SQLiteEventStore.open(workdir / "split.db", poll_interval=None)
@@ -108,7 +113,8 @@ async def in_pieces(
                 chosen.append(PostbackLogProjection())
             if not chosen:
                 continue
-            runner = ProjectionRunner(store, chosen, batch_size=batch_sizes[i % len(batch_sizes)])
+            size = batch_sizes[i % len(batch_sizes)]
+            runner = scope.runner(store, chosen, place="split", batch_size=size)
             try:
                 await runner.catch_up()
                 if last:
@@ -120,24 +126,31 @@ async def in_pieces(
     raise AssertionError("unreachable: the log is not empty")
 
 
-@PROPERTY_SETTINGS
-@given(log=appends(), batch_sizes=st.lists(st.integers(1, 5), min_size=1, max_size=5))
-def test_batch_splits_and_restarts_do_not_change_the_rows(
-    log: list[tuple[str, list[NewEvent]]], batch_sizes: list[int]
-) -> None:
-    async def main(workdir: Path) -> None:
-        async with asyncio.timeout(30):
-            expected = await all_at_once(workdir, log)
-            assert await in_pieces(workdir, log, batch_sizes) == expected
-            total = sum(len(events) for _, events in log)
-            assert expected[2] == {"recording": total, "postback_log": total}
-            request_ids = {
-                event.metadata["postback"]["request_id"]
-                for _, events in log
-                for event in events
-                if event.metadata
-            }
-            assert sorted(row["request_id"] for row in expected[1]) == sorted(request_ids)
+def test_batch_splits_and_restarts_do_not_change_the_rows(projection_db: Scope) -> None:
+    @examples(PROPERTY_SETTINGS, projection_db, postgres=15)
+    @given(log=appends(), batch_sizes=st.lists(st.integers(1, 5), min_size=1, max_size=5))
+    def check(log: list[tuple[str, list[NewEvent]]], batch_sizes: list[int]) -> None:
+        with (
+            projection_db.child() as scope,
+            tempfile.TemporaryDirectory(prefix="projections-prop-") as workdir,
+        ):
+            asyncio.run(same_rows(scope, Path(workdir), log, batch_sizes))
 
-    with tempfile.TemporaryDirectory(prefix="projections-prop-") as workdir:
-        asyncio.run(main(Path(workdir)))
+    check()
+
+
+async def same_rows(
+    scope: Scope, workdir: Path, log: list[tuple[str, list[NewEvent]]], batch_sizes: list[int]
+) -> None:
+    async with asyncio.timeout(30):
+        expected = await all_at_once(scope, workdir, log)
+        assert await in_pieces(scope, workdir, log, batch_sizes) == expected
+        total = sum(len(events) for _, events in log)
+        assert expected[2] == {"recording": total, "postback_log": total}
+        request_ids = {
+            event.metadata["postback"]["request_id"]
+            for _, events in log
+            for event in events
+            if event.metadata
+        }
+        assert sorted(row["request_id"] for row in expected[1]) == sorted(request_ids)

@@ -1,4 +1,8 @@
-"""The generic runner: checkpoints atomic with rows, batching, live following, rebuild."""
+"""The generic runner: checkpoints atomic with rows, batching, live following, rebuild.
+
+Every test that takes ``make_runner`` runs on both projection databases (SQLite and
+PostgreSQL) and expects the same; leadership across runners is in test_leadership.py.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ from collections.abc import Sequence
 import pytest
 
 from eventstore.base import RecordedEvent
+from eventstore.errors import EventStoreError, StoreUnavailableError
 from eventstore.sqlite import SQLiteEventStore
+from projections.database import SqlConnection, SQLiteProjectionDatabase, dialect_of
 from projections.runner import ProjectionRunner, ProjectionStoppedError
 from tests.projections.conftest import RunnerFactory
 from tests.projections.helpers import Boom, Recording, event, recorded, stored_checkpoints
@@ -67,6 +73,29 @@ async def test_a_failure_rolls_back_rows_and_checkpoint_together(
     assert await stored_checkpoints(restarted) == {"recording": 10}
 
 
+async def test_a_database_error_is_the_stores_and_rolls_back(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    class Duplicate(Recording):
+        """Inserts position 3 twice under a primary key: a constraint violation."""
+
+        def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
+            conn.execute("CREATE TABLE IF NOT EXISTS once (position BIGINT PRIMARY KEY)")
+            super().apply_batch(conn, events)
+            for one in events:
+                conn.execute("INSERT INTO once VALUES (?)", (one.position,))
+                if one.position == 3:
+                    conn.execute("INSERT INTO once VALUES (?)", (one.position,))
+
+    await append_n(store, 4)
+    runner = make_runner([Duplicate()], batch_size=2)
+    with pytest.raises(EventStoreError) as caught:
+        await runner.catch_up()
+    assert not isinstance(caught.value, StoreUnavailableError)  # not retried by run()
+    assert await stored_checkpoints(runner) == {"recording": 2}
+    assert [row[0] for row in await recorded(runner)] == [1, 2]
+
+
 async def test_one_projection_failing_rolls_back_the_others_batch_too(
     store: SQLiteEventStore, make_runner: RunnerFactory
 ) -> None:
@@ -107,7 +136,7 @@ async def test_a_projection_added_later_catches_up_alone(
     assert [row[0] for row in await recorded(runner, "old")] == list(range(1, 9))
 
 
-async def test_two_runners_on_one_file_never_apply_an_event_twice(
+async def test_two_runners_on_one_database_never_apply_an_event_twice(
     store: SQLiteEventStore, make_runner: RunnerFactory
 ) -> None:
     await append_n(store, 50)
@@ -142,6 +171,7 @@ async def test_run_follows_live_appends(
     runner = make_runner([Recording()], batch_size=2)
     task = asyncio.create_task(runner.run())
     await runner.wait_until(3)
+    assert runner.is_leader  # alone: it leads on PostgreSQL too
     for _ in range(3):
         last = await append_n(store, 4)
         await runner.wait_until(last)
@@ -160,7 +190,7 @@ async def test_stop_takes_effect_between_batches(
     runner: ProjectionRunner
 
     class Stopping(Recording):
-        def apply_batch(self, conn: sqlite3.Connection, events: Sequence[RecordedEvent]) -> None:
+        def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
             super().apply_batch(conn, events)
             if events[-1].position == 3:  # (in the worker thread)
                 loop.call_soon_threadsafe(runner.stop)
@@ -173,20 +203,26 @@ async def test_stop_takes_effect_between_batches(
 async def test_run_retries_after_a_transient_database_error(
     store: SQLiteEventStore, make_runner: RunnerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    class LockedOnce(Recording):
-        def apply_batch(self, conn: sqlite3.Connection, events: Sequence[RecordedEvent]) -> None:
+    class FailingOnce(Recording):
+        """SQLite: "database is locked"; PostgreSQL: its own session is terminated (a real
+        lost connection: the runner reconnects)."""
+
+        def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
             if not self.calls:
                 self.calls.append([])
+                if dialect_of(conn) == "postgres":
+                    conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
                 raise sqlite3.OperationalError("database is locked")
             super().apply_batch(conn, events)
 
-    projection = LockedOnce()
+    projection = FailingOnce()
     runner = make_runner([projection])
     task = asyncio.create_task(runner.run())
     await runner.wait_until(0)
     last = await append_n(store, 3)
     await runner.wait_until(last)  # after one failed attempt and a short backoff
-    assert "database is locked" in caplog.text
+    assert "retrying in" in caplog.text
+    assert "database is locked" in caplog.text or "PostgreSQL" in caplog.text
     assert [row[0] for row in await recorded(runner)] == [1, 2, 3]
     await runner.close()
     await task
@@ -280,9 +316,20 @@ def test_invalid_arguments() -> None:
     class FakeStore:
         path = ":memory:"
 
+    class NoFile:
+        """A log that is not an SQLite file (as PostgreSQL's)."""
+
     with pytest.raises(ValueError, match="at least one"):
         ProjectionRunner(FakeStore(), [])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unique"):
         ProjectionRunner(FakeStore(), [Recording(), Recording()])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="in memory"):
         ProjectionRunner(FakeStore(), [Recording()])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="give path= or database="):
+        ProjectionRunner(NoFile(), [Recording()])  # type: ignore[arg-type]
+    database = SQLiteProjectionDatabase("x.db")
+    with pytest.raises(ValueError, match="not both"):
+        ProjectionRunner(NoFile(), [Recording()], path="y.db", database=database)  # type: ignore[arg-type]
+    runner = ProjectionRunner(NoFile(), [Recording()], database=database)  # type: ignore[arg-type]
+    assert runner.database is database
+    assert runner.is_leader  # SQLite: every runner leads

@@ -1,4 +1,5 @@
-"""query_stats: local days in any zone, as_of, filters, validation; numbers computed by hand.
+"""query_stats: local days in any zone, as_of, filters, validation; numbers computed by hand,
+the same on both projection databases (SQLite and PostgreSQL).
 
 America/Chicago is UTC-6 (CST) in winter and UTC-5 (CDT) in summer; in 2026 DST starts on
 Sunday March 8 at 02:00 CST (08:00Z) and ends on Sunday November 1 at 02:00 CDT (07:00Z), so
@@ -9,12 +10,9 @@ the local day of March 8 lasts 23 hours (06:00Z to 05:00Z) and that of November 
 
 from __future__ import annotations
 
-import sqlite3
 from collections import defaultdict
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -23,6 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from eventstore.base import RecordedEvent
+from projections.database import SqlConnection
 from projections.goal_stats import format_amount, parse_amount, to_us
 from projections.stats_query import (
     MAX_DAYS,
@@ -33,6 +32,7 @@ from projections.stats_query import (
     query_stats,
     resolve_tz,
 )
+from tests.projections.backends import Scope, examples
 from tests.projections.test_goal_stats import (
     PROPERTY_SETTINGS,
     at,
@@ -44,13 +44,11 @@ from tests.projections.test_goal_stats import (
 
 
 @pytest.fixture
-def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    opened = new_db(tmp_path / "stats.db")
-    yield opened
-    opened.close()
+def conn(projection_db: Scope) -> SqlConnection:
+    return new_db(projection_db.connect())
 
 
-def stats(conn: sqlite3.Connection, **arguments: Any) -> list[tuple[Any, ...]]:
+def stats(conn: SqlConnection, **arguments: Any) -> list[tuple[Any, ...]]:
     """query_stats rows as tuples (group values..., count, unique_subscribers, sum)."""
     arguments.setdefault("account_id", 1)
     return [tuple(row.values()) for row in query_stats(conn, **arguments)]
@@ -60,7 +58,7 @@ def stats(conn: sqlite3.Connection, **arguments: Any) -> list[tuple[Any, ...]]:
 
 
 @pytest.fixture
-def fall_back(conn: sqlite3.Connection) -> sqlite3.Connection:
+def fall_back(conn: SqlConnection) -> SqlConnection:
     """Goals around the 25-hour local day of 2026-11-01 in Chicago."""
     return fold(
         conn,
@@ -75,7 +73,7 @@ def fall_back(conn: sqlite3.Connection) -> sqlite3.Connection:
     )
 
 
-def test_chicago_days_across_the_end_of_dst(fall_back: sqlite3.Connection) -> None:
+def test_chicago_days_across_the_end_of_dst(fall_back: SqlConnection) -> None:
     assert stats(fall_back, group_by=["day"], tz="America/Chicago") == [
         ("2026-10-31", 1, 1, "0.00"),
         ("2026-11-01", 3, 3, "0.10"),
@@ -94,7 +92,7 @@ def test_chicago_days_across_the_end_of_dst(fall_back: sqlite3.Connection) -> No
     ]
 
 
-def test_uniques_are_exact_across_days(fall_back: sqlite3.Connection) -> None:
+def test_uniques_are_exact_across_days(fall_back: SqlConnection) -> None:
     # subscriber 1 on all three local days, 3 on two: 3 subscribers, not 1 + 3 + 2
     assert stats(fall_back, tz="America/Chicago") == [(6, 3, "0.30")]
     assert stats(fall_back, group_by=["goal"], tz="America/Chicago") == [
@@ -103,7 +101,7 @@ def test_uniques_are_exact_across_days(fall_back: sqlite3.Connection) -> None:
     ]
 
 
-def test_chicago_date_range(fall_back: sqlite3.Connection) -> None:
+def test_chicago_date_range(fall_back: SqlConnection) -> None:
     one_day = {"date_from": date(2026, 11, 1), "date_to": date(2026, 11, 1)}
     assert stats(fall_back, tz="America/Chicago", **one_day) == [(3, 3, "0.10")]
     assert stats(fall_back, group_by=["day"], tz="America/Chicago", **one_day) == [
@@ -120,7 +118,7 @@ def test_chicago_date_range(fall_back: sqlite3.Connection) -> None:
     )
 
 
-def test_chicago_start_of_dst(conn: sqlite3.Connection) -> None:
+def test_chicago_start_of_dst(conn: SqlConnection) -> None:
     fold(
         conn,
         [
@@ -151,7 +149,7 @@ def test_chicago_start_of_dst(conn: sqlite3.Connection) -> None:
 
 
 @pytest.fixture
-def kolkata(conn: sqlite3.Connection) -> sqlite3.Connection:
+def kolkata(conn: SqlConnection) -> SqlConnection:
     return fold(
         conn,
         [
@@ -163,7 +161,7 @@ def kolkata(conn: sqlite3.Connection) -> sqlite3.Connection:
     )
 
 
-def test_kolkata_half_hour_days(kolkata: sqlite3.Connection) -> None:
+def test_kolkata_half_hour_days(kolkata: SqlConnection) -> None:
     assert stats(kolkata, group_by=["day"], tz="Asia/Kolkata") == [
         ("2026-11-24", 2, 2, "0.10"),
         ("2026-11-25", 2, 2, "0.20"),
@@ -180,7 +178,7 @@ def test_kolkata_half_hour_days(kolkata: sqlite3.Connection) -> None:
     assert stats(kolkata, tz="Asia/Kolkata", date_to=date(2026, 11, 24)) == [(2, 2, "0.10")]
 
 
-def test_spot_filter_and_groupings(kolkata: sqlite3.Connection) -> None:
+def test_spot_filter_and_groupings(kolkata: SqlConnection) -> None:
     assert stats(kolkata, group_by=["spot"], tz="Asia/Kolkata") == [
         (1, 3, 2, "0.30"),
         (2, 1, 1, "0.00"),
@@ -211,7 +209,7 @@ def test_spot_filter_and_groupings(kolkata: sqlite3.Connection) -> None:
 
 
 @pytest.fixture
-def deposit(conn: sqlite3.Connection) -> sqlite3.Connection:
+def deposit(conn: SqlConnection) -> SqlConnection:
     return fold(
         conn,
         [
@@ -222,7 +220,7 @@ def deposit(conn: sqlite3.Connection) -> sqlite3.Connection:
     )
 
 
-def test_as_of_before_and_after_a_deposit(deposit: sqlite3.Connection) -> None:
+def test_as_of_before_and_after_a_deposit(deposit: SqlConnection) -> None:
     def as_of(moment: str, tz: str = "UTC") -> list[tuple[Any, ...]]:
         return stats(deposit, group_by=["goal"], as_of=parse_as_of(moment, tz), tz=tz)
 
@@ -258,7 +256,7 @@ def test_as_of_before_and_after_a_deposit(deposit: sqlite3.Connection) -> None:
     ],
 )
 def test_bad_input_is_a_value_error(
-    deposit: sqlite3.Connection, arguments: dict[str, Any], message: str
+    deposit: SqlConnection, arguments: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(ValueError, match=message):
         query_stats(deposit, account_id=1, **arguments)
@@ -333,21 +331,36 @@ def brute_force(
     return rows
 
 
-@PROPERTY_SETTINGS
-@given(
-    events=goal_logs(),
-    keys=st.lists(st.sampled_from(["goal", "day", "spot"]), unique=True, max_size=3),
-    tz=st.sampled_from(ZONES),
-    as_of_at=st.none() | st.tuples(st.integers(0, 40), st.sampled_from([-1, 0, 1])),
-)
-def test_query_equals_brute_force(
+def test_query_equals_brute_force(projection_db: Scope) -> None:
+    """``as_of``: around the time of one of the events (1 µs before, at, 1 µs after)."""
+
+    @examples(PROPERTY_SETTINGS, projection_db, postgres=30)
+    @given(
+        events=goal_logs(),
+        keys=st.lists(st.sampled_from(["goal", "day", "spot"]), unique=True, max_size=3),
+        tz=st.sampled_from(ZONES),
+        as_of_at=st.none() | st.tuples(st.integers(0, 40), st.sampled_from([-1, 0, 1])),
+    )
+    def check(
+        events: list[RecordedEvent],
+        keys: list[str],
+        tz: str,
+        as_of_at: tuple[int, int] | None,
+    ) -> None:
+        with projection_db.child() as scope:
+            check_query(new_db(scope.connect()), events, keys, tz, as_of_at)
+
+    check()
+
+
+def check_query(
+    conn: SqlConnection,
     events: list[RecordedEvent],
     keys: list[str],
     tz: str,
     as_of_at: tuple[int, int] | None,
 ) -> None:
-    """``as_of``: around the time of one of the events (1 µs before, at, 1 µs after)."""
-    conn = fold(new_db(), events)
+    fold(conn, events)
     as_of = None
     if as_of_at is not None and events:
         index, delta = as_of_at

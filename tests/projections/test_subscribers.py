@@ -1,8 +1,9 @@
 """The subscribers projection: exact numbers, re-application, the view it replaces, splits.
 
-Hand-built events (chosen ``recorded_at``) are folded with ``apply_batch`` on a plain sqlite3
-connection; random logs go through a real :class:`SQLiteEventStore` and the runner, and are
-compared with :func:`postback.views.subscriber_view` (the fold the API serves today).
+Hand-built events (chosen ``recorded_at``) are folded with ``apply_batch`` on a plain
+connection of the projection database (SQLite or PostgreSQL); random logs go through a real
+:class:`SQLiteEventStore` and the runner, and are compared with
+:func:`postback.views.subscriber_view` (the fold the API serves today).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-import sqlite3
 import tempfile
 import uuid
 from collections.abc import Callable, Sequence
@@ -28,10 +28,12 @@ from eventstore.base import NewEvent, RecordedEvent
 from eventstore.sqlite import SQLiteEventStore
 from postback.model import Subscriber
 from postback.views import subscriber_view
+from projections.database import SqlConnection
 from projections.goal_stats import format_amount
 from projections.profiles import ProfilesProjection, profile_row
 from projections.runner import Projection, ProjectionRunner
 from projections.subscribers import SubscribersProjection, subscriber_row
+from tests.projections.backends import Scope, examples, transaction
 from tests.projections.conftest import RunnerFactory
 from tests.projections.helpers import postback_meta
 from tests.projections.test_goal_stats import PROPERTY_SETTINGS, at, split
@@ -130,28 +132,29 @@ def player(
 PROJECTIONS: tuple[Projection, ...] = (SubscribersProjection(), ProfilesProjection())
 
 
-def new_db() -> sqlite3.Connection:
-    conn = sqlite3.connect(":memory:", isolation_level=None)
-    for projection in PROJECTIONS:
-        for statement in projection.schema_sql:
-            conn.execute(statement)
+def new_db(scope: Scope) -> SqlConnection:
+    """A connection to a new empty database of ``scope``, with both projections' tables."""
+    conn = scope.connect()
+    with transaction(conn):
+        for projection in PROJECTIONS:
+            for statement in projection.schema_sql:
+                conn.execute(statement)
     return conn
 
 
-def fold(conn: sqlite3.Connection, *batches: Sequence[RecordedEvent]) -> sqlite3.Connection:
+def fold(conn: SqlConnection, *batches: Sequence[RecordedEvent]) -> SqlConnection:
     """Apply each batch to both projections in its own transaction, as the runner does."""
     for batch in batches:
-        conn.execute("BEGIN IMMEDIATE")
-        for projection in PROJECTIONS:
-            projection.apply_batch(conn, batch)
-        conn.execute("COMMIT")
+        with transaction(conn):
+            for projection in PROJECTIONS:
+                projection.apply_batch(conn, batch)
     return conn
 
 
-def dump(conn: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of both projections."""
+def dump(conn: SqlConnection) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of both projections, by their first two columns (never NULL when tied)."""
     return {
-        table: conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+        table: sorted(conn.execute(f"SELECT * FROM {table}").fetchall(), key=lambda row: row[:2])
         for table in ("subscribers", "subscriber_goals", "profiles")
     }
 
@@ -159,9 +162,9 @@ def dump(conn: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
 # -- exact numbers -------------------------------------------------------------------------
 
 
-def test_deposits_goals_and_counts_are_exact() -> None:
+def test_deposits_goals_and_counts_are_exact(projection_db: Scope) -> None:
     conn = fold(
-        new_db(),
+        new_db(projection_db),
         [
             created(1, 1),
             reached(2, minutes(1), 1, "reg"),
@@ -224,10 +227,10 @@ def test_deposits_goals_and_counts_are_exact() -> None:
     ).fetchone() == (0, 10_000_000, 0, 30_000_000)
 
 
-def test_large_negative_and_null_amounts() -> None:
+def test_large_negative_and_null_amounts(projection_db: Scope) -> None:
     big = "999999999999999.99999999"
     conn = fold(
-        new_db(),
+        new_db(projection_db),
         [
             created(1, 1, clickid=None),
             reached(2, minutes(0.000001), 1, "dep", None),
@@ -244,9 +247,9 @@ def test_large_negative_and_null_amounts() -> None:
     assert row["deposits"] == {"count": 4, "total": "1999999999999999.99999997"}
 
 
-def test_events_of_other_streams_and_malformed_goals_are_skipped() -> None:
+def test_events_of_other_streams_and_malformed_goals_are_skipped(projection_db: Scope) -> None:
     conn = fold(
-        new_db(),
+        new_db(projection_db),
         [
             created(1, 1),
             logged(2, "GoalReached", "subscriber-x", goal_data(1, "reg"), T0),
@@ -261,14 +264,14 @@ def test_events_of_other_streams_and_malformed_goals_are_skipped() -> None:
     assert subscriber_row(conn, 2) is None
 
 
-def test_goals_before_the_creation_make_the_row() -> None:
-    conn = fold(new_db(), [reached(1, T0, 5, "reg")], [created(2, 5)])
+def test_goals_before_the_creation_make_the_row(projection_db: Scope) -> None:
+    conn = fold(new_db(projection_db), [reached(1, T0, 5, "reg")], [created(2, 5)])
     row = subscriber_row(conn, 5)
     assert row is not None
     assert (row["spot"], row["registered_at"]) == ("tok-5", "2026-11-24T10:00:00+00:00")
 
 
-def test_a_batch_applied_twice_counts_once() -> None:
+def test_a_batch_applied_twice_counts_once(projection_db: Scope) -> None:
     batch = [
         created(1, 1),
         reached(2, minutes(1), 1, "dep", "0.10", {"level": 1}),
@@ -276,15 +279,15 @@ def test_a_batch_applied_twice_counts_once() -> None:
         player(4, minutes(3), 1, "p1"),
         reached(5, minutes(4), 1, "redep", "0.20"),
     ]
-    conn = fold(new_db(), batch)
+    conn = fold(new_db(projection_db), batch)
     before = dump(conn)
     fold(conn, batch, batch[2:], batch[4:])
     assert dump(conn) == before
     assert dump(conn)["subscribers"][0][-1] == 5
 
 
-def test_unknown_subscriber_and_reset() -> None:
-    conn = fold(new_db(), [created(1, 1), reached(2, T0, 1, "reg")])
+def test_unknown_subscriber_and_reset(projection_db: Scope) -> None:
+    conn = fold(new_db(projection_db), [created(1, 1), reached(2, T0, 1, "reg")])
     assert subscriber_row(conn, 2) is None
     SubscribersProjection().reset(conn)
     for statement in SubscribersProjection.schema_sql:
@@ -405,10 +408,11 @@ async def test_equals_subscriber_view(
 
 # -- property: incremental (restarts, batch splits) equals a rebuild from zero ---------------
 
-Dump = Callable[[sqlite3.Connection], Any]
+Dump = Callable[[SqlConnection], Any]
 
 
 async def incremental_and_rebuilt(
+    scope: Scope,
     workdir: Path,
     log: Log,
     batch_sizes: list[int],
@@ -428,13 +432,13 @@ async def incremental_and_rebuilt(
                 # before some of them (the runner gives each only what is past its own)
                 chosen = make() if last else make()[: 1 + i % 2]
                 size = batch_sizes[i % len(batch_sizes)]
-                runner = ProjectionRunner(store, chosen, batch_size=size)
+                runner = scope.runner(store, chosen, batch_size=size)
                 try:
                     await runner.catch_up()
                 finally:
                     await runner.close()
-        incremental = ProjectionRunner(store, make())
-        rebuilt = ProjectionRunner(store, make(), path=workdir / "rebuilt.db", batch_size=10_000)
+        incremental = scope.runner(store, make())
+        rebuilt = scope.runner(store, make(), place="rebuilt", batch_size=10_000)
         try:
             assert await rebuilt.catch_up() == await incremental.catch_up()
             if check is not None:
@@ -448,65 +452,81 @@ async def incremental_and_rebuilt(
 
 
 def run_property(
+    projection_db: Scope,
     log: Log,
     batch_sizes: list[int],
     make: Callable[[], list[Projection]],
     rows: Dump,
     check: Callable[[SQLiteEventStore, ProjectionRunner], Any] | None = None,
 ) -> Any:
-    """Hypothesis and pytest fixtures do not mix per example: a fresh directory and loop."""
+    """Hypothesis and pytest fixtures do not mix per example: a fresh directory, loop and
+    child scope of ``projection_db`` (its databases)."""
 
-    async def main(workdir: Path) -> Any:
+    async def main(scope: Scope, workdir: Path) -> Any:
         async with asyncio.timeout(30):
             incremental, rebuilt = await incremental_and_rebuilt(
-                workdir, log, batch_sizes, make, rows, check
+                scope, workdir, log, batch_sizes, make, rows, check
             )
             assert incremental == rebuilt
             return rebuilt
 
-    with tempfile.TemporaryDirectory(prefix="projections-subscribers-") as workdir:
-        return asyncio.run(main(Path(workdir)))
+    with (
+        projection_db.child() as scope,
+        tempfile.TemporaryDirectory(prefix="projections-subscribers-") as workdir,
+    ):
+        return asyncio.run(main(scope, Path(workdir)))
 
 
 random_logs = st.builds(random_log, st.randoms(use_true_random=False), st.integers(0, 30))
 batch_size_lists = st.lists(st.integers(1, 6), min_size=1, max_size=4)
 
 
-@PROPERTY_SETTINGS
-@given(log=random_logs, batch_sizes=batch_size_lists)
-def test_incremental_equals_rebuild(log: Log, batch_sizes: list[int]) -> None:
-    async def check(store: SQLiteEventStore, runner: ProjectionRunner) -> None:
-        await assert_matches_view(store, runner, log)
+def test_incremental_equals_rebuild(projection_db: Scope) -> None:
+    @examples(PROPERTY_SETTINGS, projection_db, postgres=15)
+    @given(log=random_logs, batch_sizes=batch_size_lists)
+    def check(log: Log, batch_sizes: list[int]) -> None:
+        async def matches_view(store: SQLiteEventStore, runner: ProjectionRunner) -> None:
+            await assert_matches_view(store, runner, log)
 
-    rows = run_property(
-        log,
-        batch_sizes,
-        lambda: [SubscribersProjection(), ProfilesProjection()],
-        dump,
-        check,
-    )
-    assert {row[0] for row in rows["subscribers"]} <= set(SUBSCRIBER_IDS)
+        rows = run_property(
+            projection_db,
+            log,
+            batch_sizes,
+            lambda: [SubscribersProjection(), ProfilesProjection()],
+            dump,
+            matches_view,
+        )
+        assert {row[0] for row in rows["subscribers"]} <= set(SUBSCRIBER_IDS)
+
+    check()
 
 
-@PROPERTY_SETTINGS
-@given(
-    log=random_logs,
-    cuts=st.lists(st.integers(0, 200), max_size=8),
-    repeats=st.lists(st.integers(0, 200), max_size=8),
-)
-def test_batch_splits_and_repeats_do_not_change_the_rows(
-    log: Log, cuts: list[int], repeats: list[int]
-) -> None:
+def test_batch_splits_and_repeats_do_not_change_the_rows(projection_db: Scope) -> None:
     """Without the runner: any split of the log, each batch followed by a tail of itself or
     of an earlier batch applied a second time (which must change nothing)."""
+
+    @examples(PROPERTY_SETTINGS, projection_db, postgres=30)
+    @given(
+        log=random_logs,
+        cuts=st.lists(st.integers(0, 200), max_size=8),
+        repeats=st.lists(st.integers(0, 200), max_size=8),
+    )
+    def check(log: Log, cuts: list[int], repeats: list[int]) -> None:
+        with projection_db.child() as scope:
+            splits_and_repeats(scope, log, cuts, repeats)
+
+    check()
+
+
+def splits_and_repeats(scope: Scope, log: Log, cuts: list[int], repeats: list[int]) -> None:
     flat = [(stream, new) for stream, batch in log for new in batch]
     events = [
         logged(i, new.type, stream, dict(new.data), minutes(i))
         for i, (stream, new) in enumerate(flat, start=1)
     ]
-    whole = dump(fold(new_db(), events))
+    whole = dump(fold(new_db(scope), events))
     pieces = split(events, cuts)
-    conn = new_db()
+    conn = new_db(scope)
     for i, piece in enumerate(pieces):
         fold(conn, piece)
         if repeats:

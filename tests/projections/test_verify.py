@@ -1,9 +1,10 @@
-"""projections.verify: owned tables, the sorted merge, and live vs fresh-replay comparisons."""
+"""projections.verify: owned tables, the sorted merge, and live vs fresh-replay comparisons,
+on either projection database and across the two (a live PostgreSQL schema against a
+replay in SQLite and the other way round)."""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,16 +13,21 @@ import pytest
 from eventstore.base import RecordedEvent
 from eventstore.sqlite import SQLiteEventStore
 from projections.catalog import all_projections
-from projections.runner import ProjectionRunner, projections_path
+from projections.database import SqlConnection, SQLiteProjectionDatabase
+from projections.runner import ProjectionRunner
 from projections.verify import (
     TableDiff,
+    compare_databases,
     compare_projections,
     compare_table,
     diff_sorted,
     format_report,
     owned_tables,
+    select_sorted,
     sort_key,
+    table_shape,
 )
+from tests.projections.backends import Scope, SQLiteScope
 from tests.projections.conftest import RunnerFactory
 from tests.projections.helpers import goal_reached, postback_meta, rejected
 
@@ -34,20 +40,17 @@ class Schema:
     def __init__(self, *statements: str) -> None:
         self.schema_sql: Sequence[str] = statements
 
-    def apply_batch(self, conn: sqlite3.Connection, events: Sequence[RecordedEvent]) -> None:
+    def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
         pass
 
-    def reset(self, conn: sqlite3.Connection) -> None:
+    def reset(self, conn: SqlConnection) -> None:
         pass
 
 
 @pytest.fixture
-def conns(tmp_path: Path) -> Iterator[tuple[sqlite3.Connection, sqlite3.Connection]]:
-    live = sqlite3.connect(tmp_path / "live.db", isolation_level=None)
-    fresh = sqlite3.connect(tmp_path / "fresh.db", isolation_level=None)
-    yield live, fresh
-    live.close()
-    fresh.close()
+def conns(projection_db: Scope) -> tuple[SqlConnection, SqlConnection]:
+    """Two empty databases of the backend under test: ``live`` and ``fresh``."""
+    return projection_db.connect(), projection_db.connect()
 
 
 def test_owned_tables_come_from_create_table_statements() -> None:
@@ -68,24 +71,47 @@ async def test_every_catalog_projection_owns_tables_that_exist(
 ) -> None:
     runner = make_runner(all_projections())
     await runner.open()
-    existing = await runner.query(
-        lambda conn: {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-    )
     for projection in all_projections():
         tables = owned_tables(projection)
         assert tables, projection.name
-        assert set(tables) <= existing
+        for table in tables:
+            shape = await runner.query(lambda conn, table=table: table_shape(conn, table))
+            assert shape is not None, (projection.name, table)
+    assert await runner.query(lambda conn: table_shape(conn, "nowhere")) is None
 
 
-def test_sort_key_orders_like_sqlite(
-    conns: tuple[sqlite3.Connection, sqlite3.Connection],
-) -> None:
-    live, _ = conns
+def test_sort_key_orders_like_sqlite(tmp_path: Path) -> None:
+    """SQLite: any types in one column, as ``COLLATE BINARY`` orders them."""
+    live = SQLiteScope(tmp_path).connect()
     live.execute("CREATE TABLE t (v)")
     values: list[Any] = [None, 3, -1, 2.5, 10**15, "b", "a", "é", "Z", "", b"\x00", b"a", "日本"]
     live.executemany("INSERT INTO t VALUES (?)", [(v,) for v in values])
     ordered = [row[0] for row in live.execute("SELECT v FROM t ORDER BY v COLLATE BINARY")]
     assert sorted(values, key=lambda v: sort_key([v])) == ordered
+
+
+TYPED: dict[str, list[Any]] = {
+    "n": [None, 3, -1, 0, 10**15, -(2**63), 2**63 - 1],
+    "word": [None, "b", "a", "é", "Z", "", "日本", "a b", "a-b", "ab", "A", "_", "~"],
+    "raw": [None, b"\x00", b"a", b"\xff", b"", b"ab"],
+}
+
+
+def test_select_sorted_orders_like_sort_key(
+    conns: tuple[SqlConnection, SqlConnection],
+) -> None:
+    """Either dialect, one type per column (as in projections): the order of sort_key, so
+    two databases of different dialects merge."""
+    conn, _ = conns
+    conn.execute("CREATE TABLE typed (n BIGINT, word TEXT, raw BLOB)")
+    for column, values in TYPED.items():
+        conn.executemany(f"INSERT INTO typed ({column}) VALUES (?)", [(v,) for v in values])
+        shape = table_shape(conn, "typed")
+        assert shape is not None
+        rows = [row[0] for row in select_sorted(conn, "typed", shape, [column])]
+        expected = sorted(values, key=lambda v: sort_key([v]))
+        assert rows == expected, column
+        conn.execute("DELETE FROM typed")
 
 
 def test_diff_sorted_counts_every_difference_and_keeps_examples() -> None:
@@ -117,11 +143,11 @@ def test_diff_sorted_equal_streams() -> None:
 
 
 def test_compare_table_without_primary_key_compares_whole_rows(
-    conns: tuple[sqlite3.Connection, sqlite3.Connection],
+    conns: tuple[SqlConnection, SqlConnection],
 ) -> None:
     live, fresh = conns
     for conn, copies in ((live, 3), (fresh, 2)):
-        conn.execute("CREATE TABLE log (n INTEGER, word TEXT)")
+        conn.execute("CREATE TABLE log (n BIGINT, word TEXT)")
         conn.executemany("INSERT INTO log VALUES (?, ?)", [(1, "one")] * copies + [(2, "two")])
     diff = compare_table(live, fresh, "p", "log")
     assert (diff.missing, diff.extra, diff.changed) == (0, 1, 0)
@@ -131,15 +157,15 @@ def test_compare_table_without_primary_key_compares_whole_rows(
 
 
 def test_compare_table_reports_schema_problems(
-    conns: tuple[sqlite3.Connection, sqlite3.Connection],
+    conns: tuple[SqlConnection, SqlConnection],
 ) -> None:
     live, fresh = conns
-    fresh.execute("CREATE TABLE only_fresh (a)")
+    fresh.execute("CREATE TABLE only_fresh (a BIGINT)")
     diff = compare_table(live, fresh, "p", "only_fresh")
     assert diff.problem == "the table is missing from the live projections"
     assert not diff.ok
-    live.execute("CREATE TABLE shapes (a, b)")
-    fresh.execute("CREATE TABLE shapes (a, c)")
+    live.execute("CREATE TABLE shapes (a BIGINT, b TEXT)")
+    fresh.execute("CREATE TABLE shapes (a BIGINT, c TEXT)")
     assert compare_table(live, fresh, "p", "shapes").problem == (
         "columns differ: live (a, b), replay (a, c)"
     )
@@ -147,40 +173,41 @@ def test_compare_table_reports_schema_problems(
 
 
 async def test_live_projections_against_a_fresh_replay(
-    store: SQLiteEventStore, make_runner: RunnerFactory, tmp_path: Path
+    store: SQLiteEventStore, make_runner: RunnerFactory, projection_db: Scope, tmp_path: Path
 ) -> None:
     await store.append("subscriber-1", [goal_reached(1, postback_meta(), "reg")])
     await store.append("subscriber-1", [goal_reached(1, postback_meta(), "dep")])
     await store.append("postback-log", [rejected(None, postback_meta(status=404))])
     live_runner = make_runner(all_projections(), batch_size=2)
     await live_runner.catch_up()
-    fresh_path = tmp_path / "fresh.projections.db"
-    fresh_runner = ProjectionRunner(store, all_projections(), path=fresh_path)
+    fresh_runner = make_runner(all_projections(), place="fresh")
+    assert await fresh_runner.catch_up() == 3
+    # a replay in an SQLite file too: a live PostgreSQL schema compares with it
+    in_file = SQLiteProjectionDatabase(tmp_path / "replay.projections.db")
+    file_runner = ProjectionRunner(store, all_projections(), database=in_file)
     try:
-        assert await fresh_runner.catch_up() == 3
-    finally:
-        await fresh_runner.close()
+        assert await file_runner.catch_up() == 3
+        pairs = [(live_runner.database, fresh_runner.database)]
+        pairs += [(live_runner.database, in_file), (in_file, live_runner.database)]
+        for live_db, fresh_db in pairs:
+            diffs = await compare_databases(live_db, fresh_db, all_projections())
+            assert [d.name for d in diffs] == [p.name for p in all_projections()]
+            assert all(d.ok for d in diffs), format_report(diffs)
+            assert all(d.live_checkpoint == 3 for d in diffs)
 
-    live = sqlite3.connect(projections_path(store.path), isolation_level=None)
-    fresh = sqlite3.connect(fresh_path, isolation_level=None)
-    try:
-        diffs = compare_projections(live, fresh, all_projections())
-        assert [d.name for d in diffs] == [p.name for p in all_projections()]
-        assert all(d.ok for d in diffs), format_report(diffs)
-        assert all(d.live_checkpoint == 3 for d in diffs)
-
+        live = projection_db.connect("live")
         live.execute("UPDATE goal_facts SET amount_whole = 7 WHERE goal = 'dep'")
         live.execute("UPDATE projection_checkpoints SET position = 2 WHERE name = 'postback_log'")
-        diffs = compare_projections(live, fresh, all_projections())
-        bad = {d.name: d for d in diffs if not d.ok}
-        assert set(bad) == {"goal_stats", "postback_log"}
-        facts = next(t for t in bad["goal_stats"].tables if t.table == "goal_facts")
-        assert facts.changed == 1
-        report = "\n".join(format_report(diffs))
-        assert "goal_stats: DIFFERS from a fresh replay" in report
-        assert "DIFF goal_stats.goal_facts: 1 changed" in report
-        assert "changed row (position=2): amount_whole: live 7, replay 0" in report
-        assert "checkpoint: live 2, replay 3" in report
+        diffs = compare_projections(live, projection_db.connect("fresh"), all_projections())
+        assert diffs == await compare_databases(live_runner.database, in_file, all_projections())
     finally:
-        live.close()
-        fresh.close()
+        await file_runner.close()
+    bad = {d.name: d for d in diffs if not d.ok}
+    assert set(bad) == {"goal_stats", "postback_log"}
+    facts = next(t for t in bad["goal_stats"].tables if t.table == "goal_facts")
+    assert facts.changed == 1
+    report = "\n".join(format_report(diffs))
+    assert "goal_stats: DIFFERS from a fresh replay" in report
+    assert "DIFF goal_stats.goal_facts: 1 changed" in report
+    assert "changed row (position=2): amount_whole: live 7, replay 0" in report
+    assert "checkpoint: live 2, replay 3" in report

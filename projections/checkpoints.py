@@ -1,0 +1,94 @@
+"""The checkpoint table and the three transactions of the runner, in portable SQL.
+
+Each function is the body of one write transaction (:meth:`ProjectionDatabase.transaction`)
+and reads the checkpoints *inside* it: writers of one database take turns, so what it reads
+is the latest, whoever committed it (another runner, another instance).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Final
+
+from eventstore.base import RecordedEvent
+from projections.database import SqlConnection
+
+if TYPE_CHECKING:
+    from projections.runner import Projection
+
+CHECKPOINTS_SQL: Final = (
+    "CREATE TABLE IF NOT EXISTS projection_checkpoints ("
+    " name TEXT PRIMARY KEY, position BIGINT NOT NULL, updated_at TEXT NOT NULL)"
+)
+_SAVE = (
+    "INSERT INTO projection_checkpoints (name, position, updated_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (name) DO UPDATE SET position = excluded.position,"
+    " updated_at = excluded.updated_at"
+)
+_CREATE = (
+    "INSERT INTO projection_checkpoints (name, position, updated_at) VALUES (?, 0, ?)"
+    " ON CONFLICT DO NOTHING"
+)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def read_checkpoints(conn: SqlConnection) -> dict[str, int]:
+    """Every stored checkpoint, by projection name."""
+    rows = conn.execute("SELECT name, position FROM projection_checkpoints").fetchall()
+    return {str(name): int(position) for name, position in rows}
+
+
+def setup(conn: SqlConnection, projections: Sequence[Projection]) -> dict[str, int]:
+    """Create the tables (``schema_sql``) and a checkpoint at 0 for each new projection."""
+    conn.execute(CHECKPOINTS_SQL)
+    now = _now()
+    for projection in projections:
+        for statement in projection.schema_sql:
+            conn.execute(statement)
+    conn.executemany(_CREATE, [(projection.name, now) for projection in projections])
+    return read_checkpoints(conn)
+
+
+def apply(
+    conn: SqlConnection, projections: Sequence[Projection], events: Sequence[RecordedEvent]
+) -> dict[str, int]:
+    """Apply ``events`` to every projection behind, with its checkpoint; returns them all.
+
+    A projection whose stored checkpoint is past the batch is skipped; one that is inside
+    it gets only the events after its checkpoint; one that is before the batch (reset by
+    another runner) is left alone and reported at its checkpoint, so the runner re-reads
+    the log from there.
+    """
+    first, last = events[0].position, events[-1].position
+    positions = [event.position for event in events]
+    stored = read_checkpoints(conn)
+    reached: dict[str, int] = {}
+    saved: list[tuple[str, int, str]] = []
+    now = _now()
+    for projection in projections:
+        checkpoint = stored.get(projection.name, 0)
+        if first - 1 <= checkpoint < last:
+            todo = events[bisect.bisect_right(positions, checkpoint) :]
+            projection.apply_batch(conn, todo)
+            saved.append((projection.name, last, now))
+            checkpoint = last
+        reached[projection.name] = checkpoint
+    if saved:
+        conn.executemany(_SAVE, saved)
+    return reached
+
+
+def reset(conn: SqlConnection, projections: Sequence[Projection]) -> dict[str, int]:
+    """Empty the projections (``reset``, then ``schema_sql`` again), checkpoints at 0."""
+    now = _now()
+    for projection in projections:
+        projection.reset(conn)
+        for statement in projection.schema_sql:
+            conn.execute(statement)
+    conn.executemany(_SAVE, [(projection.name, 0, now) for projection in projections])
+    return read_checkpoints(conn)
