@@ -16,13 +16,14 @@ from aiohttp import web
 
 from eventstore import EventStoreError, StoreUnavailableError
 from eventstore.sqlite import SQLiteEventStore
-from postback import operator, partner, postbacks, stats
+from postback import deliveries_api, operator, partner, postbacks, stats
 from postback.config import Config
 from postback.directory import Directory
 from postback.errors import ApiError
 from postback.http import json_response
 from postback.keys import CONFIG, DIRECTORY, METRICS, PARTNERS, STORE
 from postback.metrics import Metrics
+from postback.outbox import CLOCK, Clock
 from postback.service import PartnerService
 from projections.runner import ProjectionStoppedError
 
@@ -112,13 +113,17 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     )
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, *, clock: Clock | None = None) -> web.Application:
+    """The service. ``clock`` is the outbox's time (tests move it by hand)."""
     app = web.Application(middlewares=[measured, errors_as_json], client_max_size=1024**2)
     app[CONFIG] = config
     app[METRICS] = Metrics()
+    if clock is not None:
+        app[CLOCK] = clock
     app.cleanup_ctx.append(_resources)
     partner.add_routes(app)
     operator.add_routes(app)
+    deliveries_api.add_routes(app)
     postbacks.add_routes(app)
     stats.add_routes(app)
     app.router.add_get("/healthz", healthz)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,6 +26,31 @@ class Config:
     # "full" (the default) syncs every group commit; "normal" only by explicit choice.
     durability: str = "full"
     run_projections: bool = True
+    # The outbox (docs/outbox.md): runs with the projections unless switched off.
+    outbox: bool = True
+    outbox_concurrency: int = 16
+    outbox_max_attempts: int = 12
+    outbox_backoff_base: float = 2.0
+    outbox_backoff_max: float = 3600.0
+    outbox_timeout: float = 10.0
+    outbox_breaker_failures: int = 5
+    outbox_breaker_cooldown: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("outbox_concurrency", "outbox_max_attempts", "outbox_breaker_failures"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        for name in (
+            "outbox_backoff_base",
+            "outbox_backoff_max",
+            "outbox_timeout",
+            "outbox_breaker_cooldown",
+        ):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{name} must be a number of seconds, 0 or more")
+        if self.outbox_timeout == 0:
+            raise ConfigError("outbox_timeout must be more than 0 seconds")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -41,6 +67,29 @@ class Config:
         return cls(**values)
 
 
+def _switch(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("on", "true", "yes", "1"):
+        return True
+    if lowered in ("off", "false", "no", "0"):
+        return False
+    raise ValueError("expected on or off")
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("expected a whole number, 1 or more")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("expected a number of seconds, 0 or more")
+    return value
+
+
 _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "POSTBACK_DB": ("db_path", str),
     "POSTBACK_DSN": ("dsn", str),
@@ -51,4 +100,12 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "POSTBACK_FACEBOOK_API_VERSION": ("facebook_api_version", str),
     "POSTBACK_TELEGRAM_API_URL": ("telegram_api_url", str),
     "POSTBACK_DURABILITY": ("durability", str),
+    "POSTBACK_OUTBOX": ("outbox", _switch),
+    "POSTBACK_OUTBOX_CONCURRENCY": ("outbox_concurrency", _count),
+    "POSTBACK_OUTBOX_MAX_ATTEMPTS": ("outbox_max_attempts", _count),
+    "POSTBACK_OUTBOX_BACKOFF_BASE": ("outbox_backoff_base", _seconds),
+    "POSTBACK_OUTBOX_BACKOFF_MAX": ("outbox_backoff_max", _seconds),
+    "POSTBACK_OUTBOX_TIMEOUT": ("outbox_timeout", _seconds),
+    "POSTBACK_OUTBOX_BREAKER_FAILURES": ("outbox_breaker_failures", _count),
+    "POSTBACK_OUTBOX_BREAKER_COOLDOWN": ("outbox_breaker_cooldown", _seconds),
 }

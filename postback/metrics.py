@@ -42,6 +42,43 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.outbox_attempts = Counter(
+            "postback_outbox_attempts",
+            "Outbound delivery attempts by channel and outcome (succeeded, retry, failed)",
+            ["channel", "outcome"],
+            registry=self.registry,
+        )
+        self.outbox_attempt_seconds = Histogram(
+            "postback_outbox_attempt_seconds",
+            "Time of one outbound delivery attempt",
+            ["channel"],
+            buckets=(*_LATENCY_BUCKETS, 5.0, 10.0, 30.0),
+            registry=self.registry,
+        )
+        self.outbox_completed = Counter(
+            "postback_outbox_deliveries",
+            "Outbound deliveries completed, by channel and status (succeeded, failed, expired)",
+            ["channel", "status"],
+            registry=self.registry,
+        )
+        self.outbox_in_flight = Gauge(
+            "postback_outbox_in_flight",
+            "Outbound deliveries being sent now",
+            registry=self.registry,
+        )
+        self.outbox_pauses = Counter(
+            "postback_outbox_pauses",
+            "Times a target (pixel, bot, webhook URL) was paused after failing in a row",
+            ["channel"],
+            registry=self.registry,
+        )
+        self.outbox_paused = Gauge(
+            "postback_outbox_paused_targets",
+            "Targets paused now, by channel",
+            ["channel"],
+            registry=self.registry,
+        )
+
     def observe_batch(self, events: int, seconds: float) -> None:
         self.batch_events.observe(events)
         self.append_seconds.observe(seconds)

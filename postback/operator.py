@@ -1,4 +1,8 @@
-"""Operator API (API.md section 3): accounts, spots, goals, subscribers, history, logs."""
+"""Operator API (API.md section 3): accounts, spots, goals, subscribers, analysts' events.
+
+The outbox's calls (webhooks, deliveries, a subscriber's history) are in
+:mod:`postback.deliveries_api`.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,6 @@ from postback.model import (
     Spot,
     goals_stream,
     spot_settings_stream,
-    subscriber_stream,
 )
 from postback.views import event_json, subscriber_view
 
@@ -53,7 +56,11 @@ async def account_of(request: web.Request) -> Account:
     return account
 
 
-def _text(body: dict[str, Any], name: str, *, required: bool, limit: int = MAX_TEXT) -> str | None:
+def text_field(
+    body: dict[str, Any], name: str, *, required: bool, limit: int = MAX_TEXT
+) -> str | None:
+    """``body[name]`` as text (a number becomes its digits), or a 400 saying what is wrong;
+    None when absent or empty and not ``required``."""
     value = body.get(name)
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
@@ -114,7 +121,7 @@ async def create_account(request: web.Request) -> web.Response:
     token = _bearer(request)
     if token is None or not hmac.compare_digest(token.encode(), admin.encode()):
         raise unauthorized("the admin token is required")
-    name = _text(await json_body(request), "name", required=True)
+    name = text_field(await json_body(request), "name", required=True)
     assert name is not None
     account, api_key = await commands.create_account(request.app[DIRECTORY], name)
     return json_response({"id": account.id, "name": account.name, "api_key": api_key}, 201)
@@ -130,8 +137,8 @@ def _spot_json(spot: Spot) -> dict[str, Any]:
 async def create_spot(request: web.Request) -> web.Response:
     account = await account_of(request)
     body = await json_body(request)
-    title = _text(body, "title", required=True)
-    token = _text(body, "token", required=False, limit=128)
+    title = text_field(body, "title", required=True)
+    token = text_field(body, "token", required=False, limit=128)
     if token is not None and not _TOKEN.fullmatch(token):
         raise bad_request("bad_field", "'token' may hold only letters, digits and . _ ~ -")
     spot = await commands.create_spot(request.app[DIRECTORY], account, title or "", token)
@@ -164,7 +171,8 @@ async def _configure_spot(
     spot = await _own_spot(request, account)
     body = await json_body(request)
     settings = {
-        name: _text(body, name, required=required, limit=512) for name, required in fields.items()
+        name: text_field(body, name, required=required, limit=512)
+        for name, required in fields.items()
     }
     await request.app[STORE].append(
         spot_settings_stream(spot.id),
@@ -205,7 +213,7 @@ async def define_goal(request: web.Request) -> web.Response:
         or any(isinstance(v, dict | list) for v in profile.values())
     ):
         raise bad_request("bad_field", "'profile' must be an object of field names to plain values")
-    notify = _text(body, "notify", required=False, limit=4096)
+    notify = text_field(body, "notify", required=False, limit=4096)
     await commands.define_goal(request.app[DIRECTORY], account, name, profile, notify)
     return json_response({"name": name, "profile": profile, "notify": notify})
 
@@ -230,11 +238,11 @@ async def list_goals(request: web.Request) -> web.Response:
 async def create_subscriber(request: web.Request) -> web.Response:
     account = await account_of(request)
     body = await json_body(request)
-    spot_token = _text(body, "spot", required=True, limit=128)
-    user_id = _text(body, "user_id", required=True, limit=128)
-    clickid = _text(body, "clickid", required=False)
-    fbclid = _text(body, "fbclid", required=False, limit=512)
-    fbp = _text(body, "fbp", required=False, limit=512)
+    spot_token = text_field(body, "spot", required=True, limit=128)
+    user_id = text_field(body, "user_id", required=True, limit=128)
+    clickid = text_field(body, "clickid", required=False)
+    fbclid = text_field(body, "fbclid", required=False, limit=512)
+    fbp = text_field(body, "fbp", required=False, limit=512)
     assert spot_token is not None
     assert user_id is not None
     directory = request.app[DIRECTORY]
@@ -247,7 +255,7 @@ async def create_subscriber(request: web.Request) -> web.Response:
     )
 
 
-async def _own_subscriber(request: web.Request, account: Account) -> int:
+async def own_subscriber(request: web.Request, account: Account) -> int:
     subscriber_id = _path_id(request)
     subscriber = await request.app[DIRECTORY].subscriber(subscriber_id)
     if subscriber is None or subscriber.account_id != account.id:
@@ -257,17 +265,10 @@ async def _own_subscriber(request: web.Request, account: Account) -> int:
 
 async def get_subscriber(request: web.Request) -> web.Response:
     account = await account_of(request)
-    subscriber_id = await _own_subscriber(request, account)
+    subscriber_id = await own_subscriber(request, account)
     directory = request.app[DIRECTORY]
     view = await subscriber_view(request.app[STORE], directory.subscribers[subscriber_id])
     return json_response(view)
-
-
-async def subscriber_events(request: web.Request) -> web.Response:
-    account = await account_of(request)
-    subscriber_id = await _own_subscriber(request, account)
-    events = await request.app[STORE].read_stream(subscriber_stream(subscriber_id))
-    return json_response({"events": [event_json(e) for e in events]})
 
 
 # -- the account's events, for analysts ------------------------------------------------
@@ -310,5 +311,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/goals", list_goals)
     app.router.add_post("/api/v1/subscribers", create_subscriber)
     app.router.add_get("/api/v1/subscribers/{id}", get_subscriber)
-    app.router.add_get("/api/v1/subscribers/{id}/events", subscriber_events)
     app.router.add_get("/api/v1/events", account_events)

@@ -15,6 +15,7 @@ from functools import partial
 
 from aiohttp import web
 
+from postback import outbox
 from postback.http import json_response
 from postback.keys import CONFIG, METRICS, STORE
 from postback.operator import account_of, int_param
@@ -29,16 +30,20 @@ _FRESHNESS_WAIT = 5.0
 
 @contextlib.asynccontextmanager
 async def projections(app: web.Application) -> AsyncIterator[None]:
-    """Run the projections beside the service for as long as it runs."""
+    """Run the projections beside the service for as long as it runs, and the outbox
+    beside them (unless ``--no-projections`` or ``POSTBACK_OUTBOX=off``)."""
+    config = app[CONFIG]
     runner = ProjectionRunner(app[STORE], all_projections())
     app[RUNNER] = runner
-    task = (
-        asyncio.get_running_loop().create_task(runner.run())
-        if app[CONFIG].run_projections
-        else None
+    task = asyncio.get_running_loop().create_task(runner.run()) if config.run_projections else None
+    sending = (
+        outbox.running(app, runner)
+        if config.run_projections and config.outbox
+        else contextlib.nullcontext()
     )
     try:
-        yield
+        async with sending:
+            yield
     finally:
         try:
             if task is not None:

@@ -9,7 +9,7 @@ from eventstore import EventStore, RecordedEvent
 from postback.amounts import format_amount
 from postback.model import Subscriber, subscriber_stream
 
-_SECRETS = ("access_token", "bot_token", "api_key_sha256")
+_SECRETS = ("access_token", "bot_token", "api_key_sha256", "secret")
 
 
 def _redacted(data: dict[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from projections.deliveries import DeliveriesProjection
 from projections.goal_stats import GoalStatsProjection
 from projections.postback_log import PostbackLogProjection
 from projections.profiles import ProfilesProjection
@@ -16,4 +17,5 @@ def all_projections() -> list[Projection]:
         GoalStatsProjection(),
         SubscribersProjection(),
         ProfilesProjection(),
+        DeliveriesProjection(),
     ]

@@ -1,0 +1,168 @@
+"""Operator API of the outbox (API.md section 3): webhooks, deliveries, subscriber history.
+
+* ``POST /api/v1/webhooks`` ``{"url", "secret"}``: 201 ``{"id", "url", "secret": "***"}``;
+  the same URL again replaces its secret (200, same id). At most :data:`MAX_WEBHOOKS` per
+  account. Recorded as ``WebhookRegistered`` in ``webhooks-{account}``.
+* ``GET /api/v1/webhooks``: the account's webhooks (secrets masked).
+* ``GET /api/v1/deliveries?status=&channel=&after=&limit=``: the account's outbound
+  deliveries with every attempt, from the ``deliveries`` projection, and its targets
+  failing or paused right now.
+* ``GET /api/v1/subscribers/{id}/events``: the subscriber's stream and the events of its
+  deliveries, in log order.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any, Final
+
+from aiohttp import web
+from yarl import URL
+
+from eventstore import ConcurrencyError, NewEvent, RecordedEvent
+from eventstore.base import micros_from_utc
+from postback.errors import ApiError, bad_request, conflict
+from postback.http import json_body, json_response
+from postback.keys import STORE
+from postback.model import subscriber_stream
+from postback.operator import account_of, int_param, own_subscriber, text_field
+from postback.outbox import CLOCK, Clock
+from postback.postbacks import fresh_runner
+from postback.views import event_json
+from projections import delivery_payloads as p
+from projections.deliveries_query import list_deliveries, paused_targets, subscriber_delivery_ids
+from projections.runner import ProjectionStoppedError
+
+log = logging.getLogger("postback.deliveries")
+
+MAX_WEBHOOKS: Final = 20
+MAX_URL: Final = 2048
+MAX_SECRET: Final = 256
+_ATTEMPTS: Final = 20
+MASK: Final = "***"
+
+
+def _webhook_url(text: str) -> str:
+    if any(c.isspace() or not c.isprintable() for c in text):
+        raise bad_request("bad_url", "'url' must not hold spaces or control characters")
+    try:
+        url = URL(text)
+    except (TypeError, ValueError) as exc:
+        raise bad_request("bad_url", f"'url' is not a valid URL: {exc}") from exc
+    if url.scheme not in ("http", "https") or not url.host or not url.is_absolute():
+        raise bad_request("bad_url", "'url' must be an absolute http:// or https:// URL")
+    return text
+
+
+def _registered(events: list[RecordedEvent]) -> dict[str, dict[str, Any]]:
+    """The account's webhooks by URL, as its stream says now."""
+    hooks: dict[str, dict[str, Any]] = {}
+    for event in events:
+        if event.type == p.WEBHOOK_REGISTERED:
+            data = event.data
+            hooks[data["url"]] = {
+                "id": data["webhook_id"],
+                "url": data["url"],
+                "secret": MASK,
+                "registered_at": event.recorded_at.isoformat(),
+            }
+    return hooks
+
+
+async def register_webhook(request: web.Request) -> web.Response:
+    account = await account_of(request)
+    body = await json_body(request)
+    url = _webhook_url(text_field(body, "url", required=True, limit=MAX_URL) or "")
+    secret = text_field(body, "secret", required=True, limit=MAX_SECRET)
+    store = request.app[STORE]
+    stream = p.webhooks_stream(account.id)
+    for _ in range(_ATTEMPTS):
+        events = await store.read_stream(stream)
+        hooks = _registered(events)
+        known = hooks.get(url)
+        if known is None and len(hooks) >= MAX_WEBHOOKS:
+            raise conflict("too_many_webhooks", f"an account may have {MAX_WEBHOOKS} webhooks")
+        webhook_id = known["id"] if known else len(hooks) + 1
+        data = {"account_id": account.id, "webhook_id": webhook_id, "url": url, "secret": secret}
+        try:
+            await store.append(
+                stream,
+                [NewEvent(p.WEBHOOK_REGISTERED, data)],
+                expected_version=events[-1].version if events else 0,
+            )
+        except ConcurrencyError:
+            continue  # another registration landed first: check again
+        return json_response({"id": webhook_id, "url": url, "secret": MASK}, 200 if known else 201)
+    raise ApiError(503, "busy", "too many concurrent webhook registrations; try again")
+
+
+async def list_webhooks(request: web.Request) -> web.Response:
+    account = await account_of(request)
+    events = await request.app[STORE].read_stream(p.webhooks_stream(account.id))
+    hooks = sorted(_registered(events).values(), key=lambda hook: int(hook["id"]))
+    return json_response({"webhooks": hooks})
+
+
+def _choice(request: web.Request, name: str, allowed: tuple[str, ...]) -> str | None:
+    value = request.query.get(name) or None
+    if value is not None and value not in allowed:
+        raise bad_request("bad_parameter", f"{name!r} must be one of {', '.join(allowed)}")
+    return value
+
+
+async def deliveries(request: web.Request) -> web.Response:
+    account = await account_of(request)
+    status = _choice(request, "status", p.STATUSES)
+    channel = _choice(request, "channel", p.CHANNELS)
+    after = int_param(request, "after", 0)
+    limit = int_param(request, "limit", 100, low=1, high=1000)
+    runner = await fresh_runner(request)
+    rows = await runner.query(
+        partial(
+            list_deliveries,
+            account_id=account.id,
+            status=status,
+            channel=channel,
+            after=after,
+            limit=limit,
+        )
+    )
+    now = request.app.get(CLOCK, Clock()).now()
+    targets = await runner.query(
+        partial(paused_targets, account_id=account.id, now_us=micros_from_utc(now))
+    )
+    next_after = rows[-1]["seq"] if rows else after
+    return json_response({"deliveries": rows, "next_after": next_after, "targets": targets})
+
+
+async def subscriber_events(request: web.Request) -> web.Response:
+    """The subscriber's history: its stream and its deliveries' events, in log order.
+
+    The deliveries are found through the ``deliveries`` projection; should it be down,
+    the subscriber's own events still come, with ``"delivery_events": "unavailable"``.
+    """
+    account = await account_of(request)
+    subscriber_id = await own_subscriber(request, account)
+    store = request.app[STORE]
+    events = list(await store.read_stream(subscriber_stream(subscriber_id)))
+    included = "included"
+    try:
+        runner = await fresh_runner(request)
+        ids = await runner.query(partial(subscriber_delivery_ids, subscriber_id=subscriber_id))
+    except ProjectionStoppedError:
+        log.error("subscriber history without deliveries: the projections have stopped")
+        ids, included = [], "unavailable"
+    for delivery in ids:
+        events.extend(await store.read_stream(p.delivery_stream(delivery)))
+    events.sort(key=lambda event: event.position)
+    return json_response(
+        {"events": [event_json(event) for event in events], "delivery_events": included}
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/v1/webhooks", register_webhook)
+    app.router.add_get("/api/v1/webhooks", list_webhooks)
+    app.router.add_get("/api/v1/deliveries", deliveries)
+    app.router.add_get("/api/v1/subscribers/{id}/events", subscriber_events)
