@@ -306,6 +306,11 @@ class EventStore(abc.ABC):
         pair kept outside the database from an earlier verify.
         """
 
+    @property
+    @abc.abstractmethod
+    def writable(self) -> bool:
+        """Whether appends can be taken now: open, and the writer running (for health checks)."""
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Finish pending appends, then release connections. Idempotent."""

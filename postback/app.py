@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from eventstore import EventStoreError, StoreUnavailableError
-from eventstore.sqlite import SQLiteEventStore
 from postback import deliveries_api, operator, partner, postbacks, stats
+from postback.backend import open_store
 from postback.config import Config
 from postback.directory import Directory
 from postback.errors import ApiError
@@ -78,13 +78,7 @@ async def measured(request: web.Request, handler: Handler) -> web.StreamResponse
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    if config.dsn is not None:
-        raise SystemExit("the PostgreSQL backend is not available yet; use --db (SQLite)")
-    store = await SQLiteEventStore.open(
-        config.db_path,
-        durability="normal" if config.durability == "normal" else "full",
-        on_batch=app[METRICS].observe_batch,
-    )
+    store = await open_store(config, on_batch=app[METRICS].observe_batch)
     try:
         directory = Directory(store)
         await directory.load()

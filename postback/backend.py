@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from eventstore.base import EventStore
 from postback.config import Config
+from projections.catalog import all_projections
+from projections.database import ProjectionDatabase
+from projections.runner import ProjectionRunner
 
 
 class MissingLogError(LookupError):
@@ -60,17 +63,38 @@ async def open_store(
     :class:`MissingLogError` rather than a new empty log. ``poll_interval`` is how often an
     SQLite store looks for appends by other processes (PostgreSQL is told by NOTIFY).
     """
+    durability: Literal["full", "normal"] = "normal" if config.durability == "normal" else "full"
     if config.dsn is not None:
         from eventstore.postgres import PostgresEventStore
 
-        return await PostgresEventStore.open(config.dsn, on_batch=on_batch)
+        return await PostgresEventStore.open(config.dsn, durability=durability, on_batch=on_batch)
     from eventstore.sqlite import SQLiteEventStore
 
     if must_exist:
         require_log_file(config)
     return await SQLiteEventStore.open(
         config.db_path,
-        durability="normal" if config.durability == "normal" else "full",
+        durability=durability,
         on_batch=on_batch,
         poll_interval=poll_interval,
+    )
+
+
+def projection_database(config: Config) -> ProjectionDatabase | None:
+    """Where the projections live: beside the SQLite file (None: the runner's default), or
+    in the PostgreSQL database of the log, in the same schema."""
+    if config.dsn is None:
+        return None
+    from projections.pg_database import PostgresProjectionDatabase
+
+    return PostgresProjectionDatabase(config.dsn, lock_retry_interval=config.leader_retry)
+
+
+def projection_runner(store: EventStore, config: Config, **options: Any) -> ProjectionRunner:
+    """A runner of every projection on ``store``, in the configured projection database.
+
+    ``options`` go to :class:`ProjectionRunner` (``batch_size``, ``path`` for SQLite).
+    """
+    return ProjectionRunner(
+        store, all_projections(), database=projection_database(config), **options
     )

@@ -26,6 +26,8 @@ class Config:
     # "full" (the default) syncs every group commit; "normal" only by explicit choice.
     durability: str = "full"
     run_projections: bool = True
+    # PostgreSQL: how often an instance whose projection runner follows tries to lead.
+    leader_retry: float = 2.0
     # The outbox (docs/outbox.md): runs with the projections unless switched off.
     outbox: bool = True
     outbox_concurrency: int = 16
@@ -100,6 +102,7 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "POSTBACK_FACEBOOK_API_VERSION": ("facebook_api_version", str),
     "POSTBACK_TELEGRAM_API_URL": ("telegram_api_url", str),
     "POSTBACK_DURABILITY": ("durability", str),
+    "POSTBACK_LEADER_RETRY": ("leader_retry", _seconds),
     "POSTBACK_OUTBOX": ("outbox", _switch),
     "POSTBACK_OUTBOX_CONCURRENCY": ("outbox_concurrency", _count),
     "POSTBACK_OUTBOX_MAX_ATTEMPTS": ("outbox_max_attempts", _count),

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from eventstore.sqlite import SQLiteEventStore
+from eventstore.base import EventStore
 from postback.config import Config
 from postback.directory import Directory
 from postback.metrics import Metrics
 from postback.service import PartnerService
 
 CONFIG = web.AppKey("config", Config)
-STORE = web.AppKey("store", SQLiteEventStore)
+STORE = web.AppKey("store", EventStore)
 DIRECTORY = web.AppKey("directory", Directory)
 PARTNERS = web.AppKey("partners", PartnerService)
 METRICS = web.AppKey("metrics", Metrics)

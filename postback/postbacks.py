@@ -16,10 +16,10 @@ from functools import partial
 from aiohttp import web
 
 from postback import outbox
+from postback.backend import projection_runner
 from postback.http import json_response
 from postback.keys import CONFIG, METRICS, STORE
 from postback.operator import account_of, int_param
-from projections.catalog import all_projections
 from projections.postback_log import list_postbacks
 from projections.runner import ProjectionRunner
 
@@ -33,7 +33,7 @@ async def projections(app: web.Application) -> AsyncIterator[None]:
     """Run the projections beside the service for as long as it runs, and the outbox
     beside them (unless ``--no-projections`` or ``POSTBACK_OUTBOX=off``)."""
     config = app[CONFIG]
-    runner = ProjectionRunner(app[STORE], all_projections())
+    runner = projection_runner(app[STORE], config)
     app[RUNNER] = runner
     task = asyncio.get_running_loop().create_task(runner.run()) if config.run_projections else None
     sending = (

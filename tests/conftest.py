@@ -44,17 +44,8 @@ async def pg_schema() -> AsyncIterator[str]:
     Skips the test when no server answers, or fails it under ``POSTBACK_REQUIRE_POSTGRES=1``.
     Pass :func:`tests.pg.dsn_for` ``(schema)`` to the code under test.
     """
-    if not await pg.server_available():
-        if pg.REQUIRED:
-            pytest.fail(f"PostgreSQL is required (POSTBACK_REQUIRE_POSTGRES=1): none at {pg.DSN}")
-        pg.skipped = True
-        pytest.skip(f"no PostgreSQL at {pg.DSN}")
-    schema = pg.new_schema_name()
-    await pg.create_schema(schema)
-    try:
+    async with pg.test_schema() as schema:
         yield schema
-    finally:
-        await pg.drop_schema(schema)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -11,10 +11,13 @@ reaches it through :func:`dsn_for`, a DSN whose ``search_path`` is that schema.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
+from collections.abc import AsyncIterator
 
 import asyncpg
+import pytest
 
 from postback.backend import with_search_path
 
@@ -63,3 +66,21 @@ async def drop_schema(schema: str) -> None:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
         await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def test_schema() -> AsyncIterator[str]:
+    """A fresh schema, dropped on exit; skips (or, when required, fails) the test without a
+    server. What the ``pg_schema`` fixture and the backend-parametrized fixtures use."""
+    global skipped
+    if not await server_available():
+        if REQUIRED:
+            pytest.fail(f"PostgreSQL is required (POSTBACK_REQUIRE_POSTGRES=1): none at {DSN}")
+        skipped = True
+        pytest.skip(f"no PostgreSQL at {DSN}")
+    schema = new_schema_name()
+    await create_schema(schema)
+    try:
+        yield schema
+    finally:
+        await drop_schema(schema)

@@ -200,9 +200,10 @@ class Service:
 MakeService = Callable[..., Awaitable[Service]]
 
 
-def service_config(db_path: str, receiver: Receiver, **overrides: Any) -> Config:
+def service_config(log: dict[str, str], receiver: Receiver, **overrides: Any) -> Config:
+    """``log``: the Config fields of the log (``db_path``, or ``dsn``)."""
     settings: dict[str, Any] = {
-        "db_path": db_path,
+        **log,
         "admin_token": ADMIN,
         "facebook_graph_url": receiver.url,
         "telegram_api_url": receiver.url,
@@ -221,12 +222,14 @@ async def receiver_fixture(aiohttp_server: Any) -> Receiver:
 
 
 @pytest.fixture(name="make_service")
-def make_service_fixture(aiohttp_client: Any, db_path: str, receiver: Receiver) -> MakeService:
-    """The real app (``create_app``) on ``db_path``, sending to ``receiver``."""
+def make_service_fixture(
+    aiohttp_client: Any, log_settings: dict[str, str], receiver: Receiver
+) -> MakeService:
+    """The real app (``create_app``) on this test's log, sending to ``receiver``."""
 
     async def make(*, clock: ManualClock | None = None, **overrides: Any) -> Service:
         chosen = clock or ManualClock()
-        app = create_app(service_config(db_path, receiver, **overrides), clock=chosen)
+        app = create_app(service_config(log_settings, receiver, **overrides), clock=chosen)
         client: Client = await aiohttp_client(app)
         return Service(client, Api(client), app, chosen)
 

@@ -104,8 +104,10 @@ async def test_a_cancelled_outbox_resumes_without_losing_or_resending_completed_
     await _check_exactly_once(svc, receiver, key, at_stop=CONCURRENCY)
 
 
-def _serve(db: str, receiver: Receiver) -> subprocess.Popen[bytes]:
-    """``postback serve`` on ``db`` in a child, sending to ``receiver`` (stderr to a file)."""
+def _serve(log: dict[str, str], receiver: Receiver, db: str) -> subprocess.Popen[bytes]:
+    """``postback serve`` on the log in a child, sending to ``receiver`` (stderr to a file
+    beside ``db``)."""
+    where = ["--dsn", log["dsn"]] if "dsn" in log else ["--db", log["db_path"]]
     env = {
         **os.environ,
         "POSTBACK_FACEBOOK_GRAPH_URL": receiver.url,
@@ -114,7 +116,7 @@ def _serve(db: str, receiver: Receiver) -> subprocess.Popen[bytes]:
     }
     with open(f"{db}.serve.log", "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "postback", "serve", "--db", db, "--port", "0"],
+            [sys.executable, "-m", "postback", "serve", *where, "--port", "0"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -123,7 +125,11 @@ def _serve(db: str, receiver: Receiver) -> subprocess.Popen[bytes]:
 
 @pytest.mark.slow
 async def test_a_killed_service_resumes_without_losing_or_resending_completed_work(
-    make_service: MakeService, receiver: Receiver, db_path: str, aiohttp_client: Any
+    make_service: MakeService,
+    receiver: Receiver,
+    db_path: str,
+    log_settings: dict[str, str],
+    aiohttp_client: Any,
 ) -> None:
     seeding = await make_service(outbox=False)
     key = await _contacts(seeding, CONTACTS)
@@ -138,7 +144,7 @@ async def test_a_killed_service_resumes_without_losing_or_resending_completed_wo
             killed.set()
 
     receiver.on_request = kill_midway
-    child.append(_serve(db_path, receiver))
+    child.append(_serve(log_settings, receiver, db_path))
     try:
         await asyncio.wait_for(killed.wait(), 30)
         await asyncio.to_thread(child[0].wait, 30)
@@ -151,7 +157,7 @@ async def test_a_killed_service_resumes_without_losing_or_resending_completed_wo
     before = len(receiver.requests)
     assert CONTACTS // 3 <= before < CONTACTS + CONCURRENCY
 
-    config = service_config(db_path, receiver, outbox_concurrency=CONCURRENCY)
+    config = service_config(log_settings, receiver, outbox_concurrency=CONCURRENCY)
     client = await aiohttp_client(create_app(config))
     svc = Service(client, Api(client), client.app, seeding.clock)
     await svc.settle()
