@@ -92,12 +92,22 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 when the log answers and its writer runs; 503 otherwise."""
+    """200 when the log answers and its writer runs; 503 otherwise. Also tells how far the
+    projections are and whether this instance leads them."""
     store = request.app[STORE]
     position = await store.last_position()
     if not store.writable:
         return json_response({"ok": False, "error": "the log writer is not running"}, 503)
-    return json_response({"ok": True, "position": position})
+    runner = request.app[postbacks.RUNNER]
+    return json_response(
+        {
+            "ok": True,
+            "position": position,
+            # Several instances on PostgreSQL: one leads (applies the projections, sends the
+            # outbox); the others follow its checkpoints.
+            "projections": {"position": runner.position, "leader": runner.is_leader},
+        }
+    )
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:

@@ -3,51 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-ADMIN = "admin-secret"
-
-
-def _start(db: Path) -> tuple[subprocess.Popen[str], str]:
-    env = {**os.environ, "POSTBACK_ADMIN_TOKEN": ADMIN}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "postback", "serve", "--db", str(db), "--port", "0"],
-        env=env,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stderr is not None
-    lines = []
-    for line in process.stderr:  # the server announces its address once it listens
-        lines.append(line)
-        if line.startswith("postback: serving"):
-            # Keep draining stderr (access logs), or the server blocks on a full pipe.
-            threading.Thread(target=process.stderr.read, daemon=True).start()
-            return process, line.split(" on ")[-1].strip()
-    raise AssertionError(f"the server did not start (exit {process.wait()}): {''.join(lines)}")
+from tests.postback.servers import ADMIN, start_server, stop_server
 
 
 @pytest.fixture
 def two_servers(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    db = tmp_path / "shared.db"
-    started = [_start(db), _start(db)]
+    db = str(tmp_path / "shared.db")
+    started = [start_server(["--db", db]), start_server(["--db", db])]
     try:
         yield started[0][1], started[1][1]
     finally:
         for process, _ in started:
-            process.terminate()
-            process.wait(timeout=30)
-            assert process.stderr is not None
-            process.stderr.close()
+            stop_server(process)
 
 
 @pytest.mark.slow

@@ -737,10 +737,14 @@ async def test_events_bad_query(client: Client, world: World, query: str) -> Non
 # -- service endpoints and errors ---------------------------------------------------------
 
 
-async def test_healthz(client: Client) -> None:
+async def test_healthz(client: Client, api: Api, world: World) -> None:
+    await postback(client, clickid=world.clickid, goal="reg")
+    await api.postbacks(world.key)  # answers once the projections have applied the log
     status, body = await answer(await client.get("/healthz"))
     assert status == 200
     assert body["ok"] is True
+    # The only instance leads its projections, and they are up to date.
+    assert body["projections"] == {"leader": True, "position": body["position"]}
 
 
 async def test_metrics(client: Client, world: World) -> None:
