@@ -9,8 +9,7 @@ records, so every backend checks an append the same way:
   its original result) or collides with stored events (``DuplicateEventError``);
 * :func:`satisfies` checks an expected version against the stream's actual one.
 
-(:mod:`eventstore.sqlite_batch` keeps equal private copies of these rules; the PostgreSQL
-backend uses this module.)
+Both backends use this module.
 """
 
 from __future__ import annotations

@@ -28,6 +28,13 @@ from typing import Any, Literal, TypeVar, cast
 import aiosqlite
 import orjson
 
+from eventstore.appending import (
+    AppendRequest,
+    Outcome,
+    check_expected_version,
+    encode_events,
+    utf8,
+)
 from eventstore.base import (
     ANY,
     AppendResult,
@@ -36,25 +43,18 @@ from eventstore.base import (
     NewEvent,
     RawEvent,
     RecordedEvent,
-    StreamState,
     Upcasters,
     VerifyReport,
     utc_from_micros,
 )
-from eventstore.chain import ChainVerifier, encode_json
+from eventstore.chain import ChainVerifier
 from eventstore.errors import (
     EventStoreError,
     InvalidEventError,
     StoreClosedError,
     StoreUnavailableError,
 )
-from eventstore.sqlite_batch import (
-    AppendRequest,
-    EncodedEvent,
-    Outcome,
-    WriterCache,
-    commit_batch,
-)
+from eventstore.sqlite_batch import WriterCache, commit_batch
 from eventstore.sqlite_schema import migrate
 
 T = TypeVar("T")
@@ -113,45 +113,6 @@ async def open_connection(path: str, pragmas: Sequence[str] = ()) -> aiosqlite.C
         await conn.close()
         raise
     return conn
-
-
-def _utf8(text: str, what: str) -> bytes:
-    try:
-        return text.encode()
-    except UnicodeEncodeError as exc:
-        raise InvalidEventError(f"the {what} is not valid Unicode text: {exc}") from exc
-
-
-def _encode(events: Sequence[NewEvent]) -> list[EncodedEvent]:
-    if not events:
-        raise InvalidEventError("an append needs at least one event")
-    encoded: list[EncodedEvent] = []
-    seen: set[bytes] = set()
-    for event in events:
-        if not isinstance(event, NewEvent):
-            raise InvalidEventError(f"not a NewEvent: {event!r}")
-        if not isinstance(event.type, str) or not event.type:
-            raise InvalidEventError("an event needs a non-empty type")
-        if not isinstance(event.data, dict) or not isinstance(event.metadata, dict):
-            raise InvalidEventError("event data and metadata must be JSON objects (dicts)")
-        if type(event.schema_version) is not int or event.schema_version < 1:
-            raise InvalidEventError("schema_version is an integer starting at 1")
-        event_id = event.event_id.bytes
-        if len(events) > 1:
-            if event_id in seen:
-                raise InvalidEventError(f"event id {event.event_id} appears twice in one append")
-            seen.add(event_id)
-        encoded.append(
-            EncodedEvent(
-                event_id,
-                event.type,
-                _utf8(event.type, "event type"),
-                event.schema_version,
-                encode_json(event.data),
-                encode_json(event.metadata),
-            )
-        )
-    return encoded
 
 
 class SQLiteEventStore(EventStore):
@@ -262,12 +223,9 @@ class SQLiteEventStore(EventStore):
             raise StoreClosedError("the event store is closed")
         if type(stream) is not str or not stream:
             raise InvalidEventError("a stream name must be a non-empty string")
-        if (type(expected_version) is not int or expected_version < 0) and not isinstance(
-            expected_version, StreamState
-        ):
-            raise InvalidEventError(f"invalid expected version {expected_version!r}")
+        expected = check_expected_version(expected_version)
         self._pending.append(
-            AppendRequest(stream, _utf8(stream, "stream name"), _encode(events), expected_version)
+            AppendRequest(stream, utf8(stream, "stream name"), encode_events(events), expected)
         )
         future: asyncio.Future[AppendResult] = self._loop.create_future()
         self._waiters.append(future)

@@ -10,56 +10,22 @@ from __future__ import annotations
 
 import sqlite3
 import time
-import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
-from eventstore.base import AppendResult, ExpectedVersion, StreamState
+from eventstore.appending import (
+    AppendRequest,
+    Outcome,
+    Stored,
+    describe,
+    replayed,
+    satisfies,
+)
+from eventstore.base import AppendResult
 from eventstore.chain import GENESIS, event_hash
-from eventstore.errors import ConcurrencyError, DuplicateEventError, EventStoreError
+from eventstore.errors import ConcurrencyError
 
 # SQLite's default limit of bound variables is 32766 since 3.32; stay well below it.
 _IN_CHUNK = 900
-
-
-# Plain (not frozen) slotted records: they are built per event on the hot path, where a
-# frozen dataclass's __init__ costs four times as much. Nothing outside this module and
-# the backend's append path holds them.
-
-
-@dataclass(slots=True)
-class EncodedEvent:
-    """An event ready to store: everything already serialized and validated."""
-
-    event_id: bytes
-    type: str
-    type_utf8: bytes
-    schema_version: int
-    data: bytes
-    metadata: bytes
-
-
-@dataclass(slots=True)
-class AppendRequest:
-    stream: str
-    stream_utf8: bytes
-    events: Sequence[EncodedEvent]
-    expected: ExpectedVersion
-
-
-@dataclass(slots=True)
-class _Stored:
-    """What idempotency compares, for an event already in the log (or earlier in the batch)."""
-
-    position: int
-    stream: str
-    version: int
-    type: str
-    schema_version: int
-    data: bytes
-
-
-Outcome = AppendResult | EventStoreError
 
 
 def _chunks(items: Sequence[bytes] | Sequence[str]) -> Iterable[Sequence[bytes] | Sequence[str]]:
@@ -114,8 +80,8 @@ def _load_streams(
     return found
 
 
-def _load_stored(conn: sqlite3.Connection, ids: list[bytes]) -> dict[bytes, _Stored]:
-    found: dict[bytes, _Stored] = {}
+def _load_stored(conn: sqlite3.Connection, ids: list[bytes]) -> dict[bytes, Stored]:
+    found: dict[bytes, Stored] = {}
     for chunk in _chunks(ids):
         marks = ",".join("?" * len(chunk))
         for row in conn.execute(
@@ -124,49 +90,8 @@ def _load_stored(conn: sqlite3.Connection, ids: list[bytes]) -> dict[bytes, _Sto
             f" WHERE e.event_id IN ({marks})",
             chunk,
         ):
-            found[row[0]] = _Stored(*row[1:])
+            found[row[0]] = Stored(*row[1:])
     return found
-
-
-def _satisfies(expected: ExpectedVersion, actual: int) -> bool:
-    if expected is StreamState.ANY:
-        return True
-    if expected is StreamState.NO_STREAM:
-        return actual == 0
-    if expected is StreamState.EXISTS:
-        return actual > 0
-    return expected == actual
-
-
-def _replayed(request: AppendRequest, stored: dict[bytes, _Stored]) -> Outcome | None:
-    """The original result if this append was already done; an error if only in part."""
-    hits = [stored.get(e.event_id) for e in request.events]
-    if hits.count(None) == len(hits):
-        return None
-    for event, hit in zip(request.events, hits, strict=True):
-        event_id = uuid.UUID(bytes=event.event_id)
-        if hit is None:
-            return DuplicateEventError(
-                event_id, "other events of this append are stored, this one is not"
-            )
-        if (hit.stream, hit.type, hit.schema_version, hit.data) != (
-            request.stream,
-            event.type,
-            event.schema_version,
-            event.data,
-        ):
-            return DuplicateEventError(
-                event_id, f"already stored at position {hit.position} with other content"
-            )
-    positions = [hit.position for hit in hits if hit is not None]
-    versions = [hit.version for hit in hits if hit is not None]
-    return AppendResult(
-        stream=request.stream,
-        first_position=min(positions),
-        last_position=max(positions),
-        stream_version=max(versions),
-        duplicate=True,
-    )
 
 
 def commit_batch(
@@ -209,14 +134,14 @@ def _write(
     outcomes: list[Outcome] = []
     for request in batch:
         if stored:
-            replay = _replayed(request, stored)
+            replay = replayed(request, stored)
             if replay is not None:
                 outcomes.append(replay)
                 continue
         stream = streams.get(request.stream)
         actual = stream.version if stream is not None else 0
-        if not _satisfies(request.expected, actual):
-            outcomes.append(ConcurrencyError(request.stream, _describe(request.expected), actual))
+        if not satisfies(request.expected, actual):
+            outcomes.append(ConcurrencyError(request.stream, describe(request.expected), actual))
             continue
         if stream is None:
             cursor = conn.execute(
@@ -254,7 +179,7 @@ def _write(
                 )
             )
             if ids_in_batch:
-                stored[event.event_id] = _Stored(
+                stored[event.event_id] = Stored(
                     position,
                     request.stream,
                     stream.version,
@@ -276,7 +201,3 @@ def _write(
             (position, previous, recorded_us),
         )
     return outcomes
-
-
-def _describe(expected: ExpectedVersion) -> object:
-    return expected.value if isinstance(expected, StreamState) else expected
