@@ -2,25 +2,39 @@
 
 Every command opens its store through :func:`open_store`, so ``--dsn`` / ``POSTBACK_DSN``
 works the same everywhere; :func:`describe` names the log in messages without leaking a
-password.
+password. A log that cannot be opened is a :class:`MissingLogError` (a read-only command
+pointed at nothing) or a :class:`LogUnavailableError` (PostgreSQL unreachable, its schema
+missing, a malformed DSN): one line for the operator, naming the log.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+import tempfile
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from eventstore.base import EventStore
+from eventstore.errors import StoreUnavailableError
 from postback.config import Config
 from projections.catalog import all_projections
-from projections.database import ProjectionDatabase
+from projections.database import ProjectionDatabase, SQLiteProjectionDatabase
 from projections.runner import ProjectionRunner
+
+_SCHEMES = ("postgresql", "postgres")
 
 
 class MissingLogError(LookupError):
-    """A read-only command was pointed at an SQLite file that does not exist."""
+    """A read-only command was pointed at a log that does not exist: no SQLite file there,
+    or a PostgreSQL schema that holds no event store."""
+
+
+class LogUnavailableError(StoreUnavailableError):
+    """The configured PostgreSQL log cannot be opened: the server does not answer or refuses
+    the login, the DSN is malformed, or no schema of its ``search_path`` exists. The message
+    names the log (as :func:`describe` does) and the cause, on one line."""
 
 
 def with_search_path(dsn: str, schema: str) -> str:
@@ -32,15 +46,24 @@ def with_search_path(dsn: str, schema: str) -> str:
 
 
 def describe(config: Config) -> str:
-    """The log as an operator would name it: the file, or the DSN without its password."""
+    """The log as an operator would name it: the file, or the DSN without its password
+    (neither in the address nor as a ``password=`` parameter)."""
     if config.dsn is None:
         return config.db_path
     parts = urlsplit(config.dsn)
+    if parts.scheme not in _SCHEMES:
+        # Not a URL we can take apart (libpq's "key=value" form, a typo): it may hold a
+        # password anywhere, so it is not repeated.
+        return "the PostgreSQL DSN given (not a postgresql:// URL)"
     if parts.password is not None:
         host = parts.hostname or ""
         if parts.port is not None:
             host = f"{host}:{parts.port}"
         parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(name.lower() == "password" for name, _ in query):
+        shown = [(name, "***" if name.lower() == "password" else v) for name, v in query]
+        parts = parts._replace(query=urlencode(shown, safe="*"))
     return urlunsplit(parts)
 
 
@@ -48,6 +71,38 @@ def require_log_file(config: Config) -> None:
     """Raise :class:`MissingLogError` when the configured SQLite log file does not exist."""
     if config.dsn is None and not os.path.exists(config.db_path):
         raise MissingLogError(f"no log at {config.db_path} (give --db or POSTBACK_DB)")
+
+
+async def require_log_schema(config: Config) -> None:
+    """Raise :class:`MissingLogError` when the configured PostgreSQL schema holds no event
+    store (so a read-only command does not create one), :class:`LogUnavailableError` when
+    it cannot be reached at all."""
+    if config.dsn is None:
+        return
+    from eventstore.postgres_driver import DEFAULT_CONNECT_TIMEOUT, connect, translated
+    from eventstore.postgres_schema import current_schema, schema_version
+
+    try:
+        conn = await connect(config.dsn, timeout=DEFAULT_CONNECT_TIMEOUT, server_settings={})
+        with translated():
+            try:
+                schema = await current_schema(conn)
+                version = await schema_version(conn)
+            finally:
+                await conn.close()
+    except (StoreUnavailableError, ValueError) as exc:
+        raise _unavailable(config, exc) from exc
+    if version == 0:
+        raise MissingLogError(
+            f"no log in {describe(config)}: schema {schema} holds no event store"
+            " (give --dsn or POSTBACK_DSN; `postback migrate-to` copies an SQLite log there)"
+        )
+
+
+def _unavailable(config: Config, exc: BaseException) -> LogUnavailableError:
+    if isinstance(exc, LogUnavailableError):
+        return exc
+    return LogUnavailableError(f"cannot open the log at {describe(config)}: {exc}")
 
 
 async def open_store(
@@ -59,15 +114,24 @@ async def open_store(
 ) -> EventStore:
     """Open the configured log at the configured durability.
 
-    ``must_exist`` is for commands that only read: a missing SQLite file is then a
-    :class:`MissingLogError` rather than a new empty log. ``poll_interval`` is how often an
-    SQLite store looks for appends by other processes (PostgreSQL is told by NOTIFY).
+    ``must_exist`` is for commands that only read: a missing SQLite file, or a PostgreSQL
+    schema without an event store, is then a :class:`MissingLogError` rather than a new
+    empty log. A PostgreSQL log that cannot be reached is a :class:`LogUnavailableError`.
+    ``poll_interval`` is how often an SQLite store looks for appends by other processes
+    (PostgreSQL is told by NOTIFY).
     """
     durability: Literal["full", "normal"] = "normal" if config.durability == "normal" else "full"
     if config.dsn is not None:
         from eventstore.postgres import PostgresEventStore
 
-        return await PostgresEventStore.open(config.dsn, durability=durability, on_batch=on_batch)
+        if must_exist:
+            await require_log_schema(config)
+        try:
+            return await PostgresEventStore.open(
+                config.dsn, durability=durability, on_batch=on_batch
+            )
+        except (StoreUnavailableError, ValueError) as exc:
+            raise _unavailable(config, exc) from exc
     from eventstore.sqlite import SQLiteEventStore
 
     if must_exist:
@@ -98,3 +162,24 @@ def projection_runner(store: EventStore, config: Config, **options: Any) -> Proj
     return ProjectionRunner(
         store, all_projections(), database=projection_database(config), **options
     )
+
+
+@contextlib.asynccontextmanager
+async def scratch_projection_database(config: Config) -> AsyncIterator[ProjectionDatabase]:
+    """An empty projection database of the configured kind, removed on exit (with all its
+    rows): a temporary SQLite file, or a temporary schema in the log's PostgreSQL database
+    (the role needs ``CREATE`` on it). ``postback verify`` replays into it to compare.
+
+    The caller closes the database (or the runner using it) before the context ends.
+    """
+    if config.dsn is None:
+        with tempfile.TemporaryDirectory(prefix="postback-verify-") as tmp:
+            yield SQLiteProjectionDatabase(os.path.join(tmp, "replay.projections.db"))
+        return
+    from eventstore.postgres_driver import translated
+    from projections.pg_database import PostgresProjectionDatabase, temporary_schema
+
+    dsn = config.dsn
+    with translated():
+        async with temporary_schema(dsn, prefix="postback_verify_") as schema:
+            yield PostgresProjectionDatabase(dsn, schema=schema)

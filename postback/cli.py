@@ -1,18 +1,25 @@
-"""postback: an event-sourced postback service (see API.md section 4 for the commands)."""
+"""postback: an event-sourced postback service (see API.md section 4 for the commands).
+
+Every command works on the SQLite file (``--db`` / ``POSTBACK_DB``, the default) or on
+PostgreSQL (``--dsn`` / ``POSTBACK_DSN``); ``migrate-to`` copies the one into the other.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
 
 from aiohttp import web
 
-from postback import cli_analyst
+from eventstore.errors import EventStoreError
+from postback import cli_analyst, migrate
 from postback.access_log import JsonAccessLogger
 from postback.app import create_app
+from postback.backend import LogUnavailableError, MissingLogError, describe
 from postback.config import Config, ConfigError
 from postback.demo import run_demo
 from postback.offline import create_account_offline
@@ -22,7 +29,10 @@ from postback.signals import stop_on_signals
 def _database_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--db", help="SQLite file (default ./postback.db, or POSTBACK_DB)")
-    group.add_argument("--dsn", help="PostgreSQL DSN (or POSTBACK_DSN)")
+    group.add_argument(
+        "--dsn",
+        help="PostgreSQL DSN, postgresql://USER@HOST/DB?search_path=SCHEMA (or POSTBACK_DSN)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     _database_options(create)
 
     cli_analyst.add_commands(commands, _database_options)
+    migrate.add_command(commands, cli_analyst.positive_int)
     return parser
 
 
@@ -71,7 +82,7 @@ async def serve(config: Config) -> None:
         await site.start()
         host, port = runner.addresses[0][:2]
         print(
-            f"postback: serving {config.db_path} on http://{host}:{port}",
+            f"postback: serving {describe(config)} on http://{host}:{port}",
             file=sys.stderr,
             flush=True,
         )
@@ -81,6 +92,9 @@ async def serve(config: Config) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command of ``argv``; its exit status: 0 done, 1 refused or failed (a
+    verification, an error of the log), 2 a usage error or a log that cannot be opened
+    (no SQLite file for a command that only reads, PostgreSQL unreachable)."""
     args = build_parser().parse_args(argv)
     try:
         config = Config.from_env(
@@ -93,9 +107,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"postback: {exc}", file=sys.stderr)
         return 2
-    if config.dsn is not None:
-        print("postback: the PostgreSQL backend is not available yet; use --db", file=sys.stderr)
+    if args.db is not None and args.command != migrate.COMMAND:
+        # An explicit --db wins over POSTBACK_DSN in the environment.
+        config = dataclasses.replace(config, dsn=None)
+    try:
+        return _dispatch(args, config)
+    except (MissingLogError, LogUnavailableError) as exc:
+        print(f"postback: {exc}", file=sys.stderr)
         return 2
+    except EventStoreError as exc:
+        print(f"postback: {exc}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace, config: Config) -> int:
+    if args.command == migrate.COMMAND:
+        return migrate.run(args, config)
     if args.command in cli_analyst.COMMANDS:
         return cli_analyst.run(args, config)
     if args.command == "account":

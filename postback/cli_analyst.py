@@ -1,7 +1,10 @@
-"""Analyst and auditor commands of ``postback`` (API.md section 4).
+"""Analyst and auditor commands of ``postback`` (API.md section 4), on either backend.
 
-``rebuild``, ``verify`` and ``project`` live in :mod:`postback.cli_projections`; ``stats``
-and ``export`` here, with the argument parsers of all five and their dispatch.
+``rebuild`` and ``project`` live in :mod:`postback.cli_projections`, ``verify`` in
+:mod:`postback.cli_verify`; ``stats`` and ``export`` here, with the argument parsers of all
+five and their dispatch. Each opens the log given by ``--db`` / ``--dsn`` (or
+``POSTBACK_DB`` / ``POSTBACK_DSN``) through :func:`postback.backend.open_store`, and the
+projections where ``serve`` keeps them (:func:`postback.backend.projection_runner`).
 """
 
 from __future__ import annotations
@@ -19,13 +22,11 @@ from typing import Any
 import orjson
 
 from eventstore.base import RecordedEvent
-from eventstore.errors import EventStoreError
-from eventstore.sqlite import SQLiteEventStore
-from postback import cli_projections
+from postback import cli_projections, cli_verify
+from postback.backend import open_store, projection_runner
 from postback.config import Config
 from postback.views import event_fields
 from projections.catalog import all_projections
-from projections.runner import ProjectionRunner
 from projections.stats_query import (
     GROUP_KEYS,
     parse_as_of,
@@ -63,7 +64,7 @@ def add_commands(
         " whole log again. Progress on stderr, a summary on stdout.",
     )
     rebuild.add_argument("projections", nargs="*", metavar="PROJECTION")
-    rebuild.add_argument("--batch-size", type=_positive, default=5000, help="events per batch")
+    rebuild.add_argument("--batch-size", type=positive_int, default=5000, help="events per batch")
     database_options(rebuild)
 
     verify = commands.add_parser(
@@ -71,9 +72,10 @@ def add_commands(
         help="check the log's tamper evidence and every projection against a fresh replay",
         description="(a) Recompute the log's hash chain; print its head (keep it as an"
         " anchor) or the first tampered position. (b) Catch the projections up, replay"
-        " every projection from position 0 into a temporary file up to the same position"
-        " and compare every table row by row. Exit 0 when all is well, 1 with a report of"
-        " the differences.",
+        " every projection from position 0 into a temporary file (PostgreSQL: a temporary"
+        " schema, so the role needs CREATE on the database) up to the same position and"
+        " compare every table row by row. Exit 0 when all is well, 1 with a report of the"
+        " differences.",
     )
     verify.add_argument(
         "--anchor",
@@ -82,7 +84,7 @@ def add_commands(
         help="a head printed by an earlier verify: proves history up to it was not rewritten",
     )
     verify.add_argument(
-        "--limit", type=_positive, default=5, help="differing rows shown per table (default 5)"
+        "--limit", type=positive_int, default=5, help="differing rows shown per table (default 5)"
     )
     database_options(verify)
 
@@ -123,14 +125,18 @@ def add_commands(
         "project",
         help="run the projection runner as its own process",
         description="Catch the projections up with the log, then follow it until SIGINT or"
-        " SIGTERM. Use it with `postback serve --no-projections` to run the projections"
-        " apart from the service; several may run at once on one file safely.",
+        " SIGTERM (exit 0). Use it with `postback serve --no-projections` to run the"
+        " projections apart from the service. SQLite: several may run at once on one file"
+        " safely. PostgreSQL: one runner per schema applies at a time (the leader: a serve"
+        " or a project); another project follows the leader's checkpoints and takes over"
+        " when the leader stops (within POSTBACK_LEADER_RETRY seconds).",
     )
-    project.add_argument("--batch-size", type=_positive, default=5000, help="events per batch")
+    project.add_argument("--batch-size", type=positive_int, default=5000, help="events per batch")
     database_options(project)
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number, 1 or more."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
@@ -146,27 +152,25 @@ def _non_negative(text: str) -> int:
 
 def _anchor(text: str) -> tuple[int, bytes]:
     try:
-        return cli_projections.parse_anchor(text)
+        return cli_verify.parse_anchor(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    """Run the analyst command of ``args``; its exit status."""
+    """Run the analyst command of ``args``; its exit status. The log's errors (missing,
+    unreachable, failing) are left to the caller (:func:`postback.cli.main`)."""
     try:
         if args.command == "rebuild":
             return cli_projections.rebuild(config, args.projections, args.batch_size)
         if args.command == "verify":
-            return cli_projections.verify(config, args.anchor, args.limit)
+            return cli_verify.verify(config, args.anchor, args.limit)
         if args.command == "project":
             return cli_projections.project(config, args.batch_size)
         if args.command == "stats":
             return stats(config, args)
         if args.command == "export":
             return export(config, args.format, args.after, args.until)
-    except EventStoreError as exc:
-        print(f"postback: {exc}", file=sys.stderr)
-        return 1
     except BrokenPipeError:
         # The reader went away (``| head``): not an error; keep Python from complaining
         # when it flushes stdout at exit.
@@ -185,6 +189,7 @@ def _error(message: str) -> int:
 
 
 def stats(config: Config, args: argparse.Namespace) -> int:
+    """Catch the projections up, print the statistics ``args`` ask for; 2 on bad input."""
     try:
         group_by = parse_group_by(args.group_by)
         as_of = parse_as_of(args.as_of, args.tz) if args.as_of else None
@@ -203,8 +208,6 @@ def stats(config: Config, args: argparse.Namespace) -> int:
         resolve_tz(args.tz)  # bad input fails before any work; the query checks the rest
     except ValueError as exc:
         return _error(str(exc))
-    if not os.path.exists(config.db_path):
-        return _error(f"no log at {config.db_path} (give --db or POSTBACK_DB)")
     try:
         position, rows = asyncio.run(_stats(config, call))
     except ValueError as exc:
@@ -238,9 +241,9 @@ def _date(text: str | None, flag: str) -> date | None:
 async def _stats(
     config: Config, call: Callable[[Any], list[dict[str, Any]]]
 ) -> tuple[int, list[dict[str, Any]]]:
-    store = await SQLiteEventStore.open(config.db_path, poll_interval=None)
+    store = await open_store(config, must_exist=True, poll_interval=None)
     try:
-        runner = ProjectionRunner(store, all_projections())
+        runner = projection_runner(store, config)
         try:
             position = await runner.catch_up()
             rows = await runner.query(call)
@@ -284,25 +287,24 @@ def export_record(event: RecordedEvent) -> dict[str, Any]:
 
 
 def export(config: Config, fmt: str, after: int, until: str | None) -> int:
+    """Stream the log after ``after`` (up to ``until``, a time) to stdout; 2 on bad input."""
     try:
         deadline = parse_as_of(until) if until else None
     except ValueError as exc:
         return _error(str(exc))
-    if not os.path.exists(config.db_path):
-        return _error(f"no log at {config.db_path} (give --db or POSTBACK_DB)")
     count = asyncio.run(_export(config, fmt, after, deadline))
     print(f"postback: exported {count:,} events", file=sys.stderr)
     return 0
 
 
 async def _export(config: Config, fmt: str, after: int, deadline: datetime | None) -> int:
+    store = await open_store(config, must_exist=True, poll_interval=None)
     out = sys.stdout
     writer = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
-    if writer is not None:
-        writer.writerow(EXPORT_COLUMNS)
     count = 0
-    store = await SQLiteEventStore.open(config.db_path, poll_interval=None)
     try:
+        if writer is not None:
+            writer.writerow(EXPORT_COLUMNS)
         # The log as it is now: appends made while exporting are left for the next run.
         last = await store.last_position()
         async for batch in store.iter_all(after, EXPORT_BATCH, until=last):

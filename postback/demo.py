@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import secrets
 
-from eventstore.sqlite import SQLiteEventStore
 from postback import commands
+from postback.backend import describe, open_store
 from postback.config import Config
 from postback.directory import Directory
 
 
 async def run_demo(config: Config) -> str:
     """Seed the demo data (a new account each run) and print what to paste; returns the text."""
-    async with await SQLiteEventStore.open(config.db_path) as store:
+    async with await open_store(config) as store:
         directory = Directory(store)
         await directory.load()
         account, api_key = await commands.create_account(directory, "Demo account")
@@ -29,7 +29,7 @@ async def run_demo(config: Config) -> str:
     base = f"http://{config.host}:{config.port}"
     auth = f"-H 'Authorization: Bearer {api_key}'"
     text = f"""
-Demo data in {config.db_path}:
+Demo data in {describe(config)}:
   account {account.id} (API key {api_key})
   spot {spot.id} "Demo bot", token {spot.token}
   subscribers: {first.id} with clickid {clickid} (user 7788), and user 7275455017 without clickid

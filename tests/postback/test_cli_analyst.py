@@ -1,13 +1,16 @@
 """``postback rebuild / verify / stats / export / project`` on a log the real service wrote.
 
 The log is built by the real app (``create_app``) through an aiohttp test client, then the
-commands run in-process through ``postback.cli.main`` (``project`` as a subprocess).
+commands run in-process through ``postback.cli.main`` (``project`` as a subprocess). These
+run on SQLite; tests/postback/test_cli_postgres.py runs the same commands on PostgreSQL
+with the helpers defined here (:func:`build_log`, :func:`run`, :class:`Project`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -33,14 +36,18 @@ from postback.app import create_app
 from postback.config import Config
 from projections.catalog import all_projections
 from projections.runner import projections_path
-from tests.postback.helpers import ADMIN, Api, make_world, postback, send
+from tests.postback.helpers import ADMIN, Api, World, make_world, postback, send
 
 REPO = Path(__file__).resolve().parents[2]
 LINE_TIMEOUT = 30.0
 
 
-async def _build_log(db: str) -> None:
-    async with TestClient(TestServer(create_app(Config(db_path=db, admin_token=ADMIN)))) as client:
+async def build_log(config: Config) -> World:
+    """A small log written by the real service on ``config``'s backend: two accounts' worth
+    of requests (one account with a spot, a goal and two subscribers; goals, a refused
+    postback, a chat Contact). The same requests give the same events on either backend."""
+    config = dataclasses.replace(config, admin_token=ADMIN)
+    async with TestClient(TestServer(create_app(config))) as client:
         api = Api(client)
         world = await make_world(api)
         other = await api.create_subscriber(world.key, world.spot, "9001", "XYZ")
@@ -54,16 +61,18 @@ async def _build_log(db: str) -> None:
         chat = {"user_id": world.user_id, "spot": world.spot}
         assert (await send(client, "/spot/postback/chat/", chat))[0] == 200
         assert other["id"] == world.subscriber_id + 1
+        return world
 
 
 @pytest.fixture
 def db(tmp_path: Path) -> str:
     path = str(tmp_path / "log.db")
-    asyncio.run(_build_log(path))
+    asyncio.run(build_log(Config(db_path=path)))
     return path
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``postback ARGV`` in-process: (exit status, stdout, stderr)."""
     code = cli.main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
@@ -308,13 +317,6 @@ def test_export_after_and_until(capsys: pytest.CaptureFixture[str], db: str) -> 
 # -- database options -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["rebuild", "verify", "stats", "export", "project"])
-def test_dsn_is_not_available_yet(capsys: pytest.CaptureFixture[str], command: str) -> None:
-    code, _, err = run(capsys, command, "--dsn", "postgresql://localhost/x")
-    assert code == 2
-    assert "PostgreSQL backend is not available yet" in err
-
-
 def test_db_comes_from_the_environment(
     capsys: pytest.CaptureFixture[str], db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -409,16 +411,16 @@ def _activity(subscriber_id: int, count: int) -> list[NewEvent]:
 
 
 class Project:
-    """``postback project`` in a subprocess; its stderr lines arrive in a queue."""
+    """``postback project OPTIONS`` in a subprocess; its stderr lines arrive in a queue."""
 
-    def __init__(self, db: str, *extra: str) -> None:
+    def __init__(self, *options: str, env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "postback", "project", "--db", db, *extra],
+            [sys.executable, "-m", "postback", "project", *options],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
@@ -464,7 +466,7 @@ def test_project_killed_mid_batch_resumes_to_a_fresh_replay(
 ) -> None:
     db, last = big_db
     assert last == 50_000
-    first = Project(db, "--batch-size", "1000")
+    first = Project("--db", db, "--batch-size", "1000")
     try:
         match = first.wait_for(r"^project \[[#-]+\] ([\d,]+)/")
         assert int(match.group(1).replace(",", "")) > 0
@@ -476,7 +478,7 @@ def test_project_killed_mid_batch_resumes_to_a_fresh_replay(
     assert set(reached) == {p.name for p in all_projections()}
     assert 0 < min(reached.values()) < last  # killed on the way, not at the end
 
-    second = Project(db)
+    second = Project("--db", db)
     try:
         second.wait_for(rf"caught up at position {last:,}")
         second.process.send_signal(signal.SIGTERM)
@@ -494,7 +496,7 @@ def test_project_killed_mid_batch_resumes_to_a_fresh_replay(
 def test_project_follows_the_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = str(tmp_path / "follow.db")
     first = asyncio.run(_append_many(db, subscribers=20, per_subscriber=3))
-    process = Project(db)
+    process = Project("--db", db)
     try:
         process.wait_for(rf"caught up at position {first:,}")
         more = asyncio.run(_append_many(db, subscribers=10, per_subscriber=2, first_id=21))

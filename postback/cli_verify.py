@@ -1,0 +1,127 @@
+"""``postback verify``: the log's tamper evidence, and every projection against a fresh replay.
+
+The same on both backends: the log's hash chain is recomputed (``store.verify``, with an
+anchor when given); the live projections are caught up, one snapshot of them is taken, and
+every projection is replayed from position 0 up to that snapshot's checkpoint into an empty
+database of the same kind (a temporary SQLite file, or a temporary PostgreSQL schema:
+:func:`postback.backend.scratch_projection_database`), then compared table by table, row by
+row (:func:`projections.verify.compare_projections`). Results on stdout; exit 0 when all is
+well, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from eventstore.base import VerifyReport
+from postback.backend import open_store, projection_runner, scratch_projection_database
+from postback.cli_progress import LogView
+from postback.config import Config
+from projections.catalog import all_projections
+from projections.runner import ProjectionRunner
+from projections.verify import (
+    DEFAULT_LIMIT,
+    ProjectionDiff,
+    compare_projections,
+    format_report,
+    read_checkpoints,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """What :func:`check` found: the log's report, the projections compared at
+    ``position`` (the live snapshot's), and how far the replay reached (less than
+    ``position`` when the live projections are ahead of the log)."""
+
+    log: VerifyReport
+    position: int
+    replayed: int
+    diffs: list[ProjectionDiff]
+
+
+async def check(
+    config: Config, anchor: tuple[int, bytes] | None, limit: int = DEFAULT_LIMIT
+) -> Verification:
+    """Verify the configured log and its projections (see the module docstring)."""
+    projections = all_projections()
+    store = await open_store(config, must_exist=True, poll_interval=None)
+    try:
+        report = await store.verify(anchor)
+        live = projection_runner(store, config)
+        try:
+            await live.catch_up()
+            # One snapshot of the live projections: a runner elsewhere (serve, project) may
+            # keep applying; we compare what this snapshot holds, at its checkpoint.
+            async with live.database.snapshot() as live_conn:
+                stored = await asyncio.to_thread(read_checkpoints, live_conn)
+                position = min(stored.get(p.name, 0) for p in projections)
+                async with scratch_projection_database(config) as scratch:
+                    view = LogView(store, until=position)
+                    fresh = ProjectionRunner(view.as_store(), projections, database=scratch)
+                    try:
+                        replayed = await fresh.catch_up()
+                        async with scratch.snapshot() as fresh_conn:
+                            diffs = await asyncio.to_thread(
+                                compare_projections, live_conn, fresh_conn, projections, limit
+                            )
+                    finally:
+                        await fresh.close()
+        finally:
+            await live.close()
+    finally:
+        await store.close()
+    return Verification(report, position, replayed, diffs)
+
+
+def _print_log_report(report: VerifyReport) -> None:
+    if report.finding is None:
+        head = f"{report.head_position}:{report.head_hash.hex()}"
+        print(f"log: ok, {report.checked:,} events, hash chain intact")
+        print(f"log: head position {report.head_position}, hash {report.head_hash.hex()}")
+        print(f"log: keep it as an anchor for later checks: --anchor {head}")
+    else:
+        finding = report.finding
+        print(f"log: TAMPERED at position {finding.position}: {finding.kind.value}")
+        print(f"log: {finding.detail}")
+
+
+def verify(config: Config, anchor: tuple[int, bytes] | None, limit: int = DEFAULT_LIMIT) -> int:
+    """Print the report; 0 when the log and every projection check out, 1 otherwise."""
+    found = asyncio.run(check(config, anchor, limit))
+    report, position, replayed = found.log, found.position, found.replayed
+    _print_log_report(report)
+    ok = all(diff.ok for diff in found.diffs)
+    print(f"projections: compared with a fresh replay of positions 1..{position:,}")
+    if replayed != position:
+        print(f"projections: the replay reached only position {replayed:,} of the log")
+    for line in format_report(found.diffs):
+        print(line)
+    bad = [diff.name for diff in found.diffs if not diff.ok]
+    if report.ok and ok and replayed == position:
+        print("verify: OK")
+        return 0
+    problems = []
+    if report.finding is not None:
+        problems.append(f"log tampered at position {report.finding.position}")
+    if bad:
+        problems.append(f"projections differ: {', '.join(bad)}")
+    if replayed != position:
+        problems.append(f"projections are ahead of the log ({position:,} > {replayed:,})")
+    print(f"verify: FAILED ({'; '.join(problems)})")
+    return 1
+
+
+def parse_anchor(text: str) -> tuple[int, bytes]:
+    """``POSITION:HEXHASH`` -> ``(position, hash)``; ValueError otherwise."""
+    position, sep, digest = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        anchor = (int(position), bytes.fromhex(digest))
+    except ValueError:
+        raise ValueError(f"an anchor is POSITION:HEXHASH, got {text!r}") from None
+    if anchor[0] < 0 or not anchor[1]:
+        raise ValueError(f"an anchor is POSITION:HEXHASH, got {text!r}")
+    return anchor
