@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from typing import Any
 
 import pytest
@@ -48,7 +48,10 @@ async def pg_schema() -> AsyncIterator[str]:
         yield schema
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter: Any) -> Generator[None, None, None]:
+    # A wrapper, so the line comes after pytest's own short summary, where a newcomer looks.
+    yield
     if pg.skipped:
         terminalreporter.write_line(
             f"PostgreSQL tests were SKIPPED: no server at {pg.DSN} "
