@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import sys
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any, Final, Literal, Protocol, TypeVar
 
@@ -48,6 +49,9 @@ import aiosqlite
 
 from eventstore.errors import EventStoreError
 from eventstore.sqlite import open_connection, run_in_thread
+
+if sys.platform != "win32":
+    import fcntl
 
 T = TypeVar("T")
 Dialect = Literal["sqlite", "postgres"]
@@ -140,7 +144,8 @@ class ProjectionDatabase(abc.ABC):
 
     @property
     def is_leader(self) -> bool:
-        """Whether this runner may apply in :meth:`ProjectionRunner.run`. SQLite: always."""
+        """Whether this runner is the one leader: on PostgreSQL the only one that applies in
+        :meth:`ProjectionRunner.run`; on SQLite (where all apply) the one that sends."""
         return True
 
     async def lead(self, names: Sequence[str]) -> bool:
@@ -173,6 +178,20 @@ _BUGS: Final = (
 """What a retry cannot cure (a constraint violated, a misused statement): not transient."""
 
 
+def _try_flock(path: str) -> int | None:
+    """An open descriptor of ``path`` holding its exclusive flock, or None if taken."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def _transaction(conn: sqlite3.Connection, fn: Callable[[SqlConnection], T]) -> T:
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -192,7 +211,12 @@ class SQLiteProjectionDatabase(ProjectionDatabase):
 
     Several runners (processes) may share the file: ``BEGIN IMMEDIATE`` makes their write
     transactions take turns, and each re-reads the checkpoints inside its own, so none
-    applies an event twice; every runner is a leader.
+    applies an event twice; so every runner applies (:meth:`lead` is always True).
+
+    :attr:`is_leader` still names one of them: the runner holding an exclusive ``flock``
+    on ``<file>.lead``, taken in :meth:`lead` when free and held until :meth:`close` (or
+    the process's death: the OS releases it). What must happen once per log rather than
+    once per runner, the outbox's sends, happens only there.
     """
 
     dialect: Dialect = "sqlite"
@@ -202,6 +226,21 @@ class SQLiteProjectionDatabase(ProjectionDatabase):
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._lead_fd: int | None = None
+
+    @property
+    def is_leader(self) -> bool:
+        return self._lead_fd is not None
+
+    async def lead(self, names: Sequence[str]) -> bool:
+        if self._lead_fd is None and sys.platform != "win32":
+            self._lead_fd = _try_flock(self._path + ".lead")
+        return True
+
+    def _release_lead(self) -> None:
+        fd, self._lead_fd = self._lead_fd, None
+        if fd is not None:
+            os.close(fd)  # releases the flock
 
     @property
     def path(self) -> str:
@@ -263,6 +302,7 @@ class SQLiteProjectionDatabase(ProjectionDatabase):
 
     async def close(self) -> None:
         async with self._lock:
+            self._release_lead()
             for conn in (self._writer, self._reader):
                 if conn is not None:
                     await conn.close()

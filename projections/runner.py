@@ -15,7 +15,9 @@ of their own beside the log, or ``database=PostgresProjectionDatabase(dsn)``.
 * **One active runner** on PostgreSQL: of the runners whose :meth:`~ProjectionRunner.run`
   shares a schema and a set of projections, only the holder of an advisory lock applies
   (the *leader*); the others follow the shared checkpoints (NOTIFY, and a periodic
-  re-read) and take over when its session ends. On SQLite every runner leads.
+  re-read) and take over when its session ends. On SQLite every runner applies, and
+  the one holding a file lock is the leader (:attr:`~ProjectionRunner.is_leader`): the one
+  whose process sends the outbox's deliveries.
   :meth:`~ProjectionRunner.catch_up` and :meth:`~ProjectionRunner.rebuild` apply whoever
   calls them (safe by the two rules above).
 * Projection code is synchronous and runs in a worker thread, never on the event loop; its
@@ -28,6 +30,7 @@ of their own beside the log, or ``database=PostgresProjectionDatabase(dsn)``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -277,6 +280,10 @@ class ProjectionRunner:
         except Exception as exc:
             self._failure = exc
             self._advanced.set()
+            # Let another instance lead (its session ends): a failed leader must not hold
+            # the projections (and the outbox) hostage until this process stops.
+            with contextlib.suppress(Exception):
+                await self._database.close()
             raise
         finally:
             self._running -= 1

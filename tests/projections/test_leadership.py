@@ -22,7 +22,7 @@ from projections.subscribers import SubscribersProjection
 from projections.verify import compare_databases, format_report
 from tests.projections.backends import Scope
 from tests.projections.conftest import RunnerFactory
-from tests.projections.helpers import Recording, recorded
+from tests.projections.helpers import Boom, Recording, recorded
 from tests.projections.test_subscribers import random_log
 
 pytestmark = pytest.mark.parametrize("projection_db", ["postgres"], indirect=True)
@@ -211,3 +211,34 @@ async def test_a_leader_that_closes_hands_over(
     assert b.is_leader
     b.stop()
     await b_task
+
+
+async def test_a_leader_whose_run_fails_lets_a_follower_take_over(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    """A bug (not a lost connection) ends the leader's run(): it must not keep the lock,
+    or no instance would apply (nor send the outbox) until that process stops."""
+    first = await store.append("s", [NewEvent("Happened", {"n": n}) for n in range(3)])
+    failing = make_runner([Recording(fail_at=5)], lock_retry_interval=0.05)
+    failing_task = asyncio.create_task(failing.run())
+    async with asyncio.timeout(WAIT):
+        await failing.wait_until(first.last_position)
+    follower = Recording()
+    other = make_runner([follower], lock_retry_interval=0.05)
+    other_task = asyncio.create_task(other.run())
+    async with asyncio.timeout(WAIT):
+        await other.wait_until(first.last_position)
+    assert failing.is_leader
+    assert not other.is_leader
+
+    last = await store.append("s", [NewEvent("Happened", {"n": n}) for n in range(3, 6)])
+    with pytest.raises(Boom):
+        await failing_task
+    assert not failing.is_leader
+    async with asyncio.timeout(WAIT):
+        await other.wait_until(last.last_position)
+    assert other.is_leader
+    assert follower.calls == [[4, 5, 6]]
+    other.stop()
+    await other_task
+    await failing.close()

@@ -332,4 +332,4 @@ def test_invalid_arguments() -> None:
         ProjectionRunner(NoFile(), [Recording()], path="y.db", database=database)  # type: ignore[arg-type]
     runner = ProjectionRunner(NoFile(), [Recording()], database=database)  # type: ignore[arg-type]
     assert runner.database is database
-    assert runner.is_leader  # SQLite: every runner leads
+    assert not runner.is_leader  # SQLite: every runner applies; leads once run() locks
