@@ -17,8 +17,19 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from eventstore.base import AppendResult, ExpectedVersion, NewEvent, StreamState
+import orjson
+
+from eventstore.base import (
+    AppendResult,
+    ExpectedVersion,
+    NewEvent,
+    RecordedEvent,
+    StreamState,
+    Upcasters,
+    utc_from_micros,
+)
 from eventstore.chain import encode_json
 from eventstore.errors import DuplicateEventError, EventStoreError, InvalidEventError
 
@@ -162,4 +173,38 @@ def replayed(request: AppendRequest, stored: dict[bytes, Stored]) -> Outcome | N
         last_position=max(positions),
         stream_version=max(versions),
         duplicate=True,
+    )
+
+
+def batch_size(pending: Sequence[AppendRequest], max_events: int) -> int:
+    """How many of the queued appends the next group commit takes: all of them, up to
+    ``max_events`` events (at least one append, however large)."""
+    taken = 0
+    count = 0
+    for request in pending:
+        if taken and taken + len(request.events) > max_events:
+            break
+        taken += len(request.events)
+        count += 1
+    return count
+
+
+def decode_row(row: Sequence[Any], upcasters: Upcasters | None) -> RecordedEvent:
+    """A stored row (position, stream, version, event id bytes, type, schema version, data,
+    metadata, recorded µs, hash), as both backends select it, as a RecordedEvent."""
+    position, stream, version, event_id, type_, schema_version, data, meta, us, hash_ = row
+    decoded = orjson.loads(data)
+    if upcasters is not None:
+        schema_version, decoded = upcasters.upcast(type_, schema_version, decoded)
+    return RecordedEvent(
+        position=position,
+        stream=stream,
+        version=version,
+        event_id=uuid.UUID(bytes=event_id),
+        type=type_,
+        schema_version=schema_version,
+        data=decoded,
+        metadata=orjson.loads(meta),
+        recorded_at=utc_from_micros(us),
+        hash=hash_,
     )

@@ -41,11 +41,14 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
-import orjson
-
-from eventstore.appending import AppendRequest, check_expected_version, encode_events, utf8
+from eventstore.appending import (
+    AppendRequest,
+    check_expected_version,
+    decode_row,
+    encode_events,
+    utf8,
+)
 from eventstore.base import (
     ANY,
     AppendResult,
@@ -56,7 +59,6 @@ from eventstore.base import (
     RecordedEvent,
     Upcasters,
     VerifyReport,
-    utc_from_micros,
 )
 from eventstore.chain import ChainVerifier
 from eventstore.errors import InvalidEventError, StoreClosedError
@@ -252,29 +254,11 @@ class PostgresEventStore(EventStore):
 
     # -- reading -----------------------------------------------------------------
 
-    def _decode(self, row: Any) -> RecordedEvent:
-        position, stream, version, event_id, type_, schema_version, data, meta, us, hash_ = row
-        decoded = orjson.loads(data)
-        if self._upcasters is not None:
-            schema_version, decoded = self._upcasters.upcast(type_, schema_version, decoded)
-        return RecordedEvent(
-            position=position,
-            stream=stream,
-            version=version,
-            event_id=uuid.UUID(bytes=event_id),
-            type=type_,
-            schema_version=schema_version,
-            data=decoded,
-            metadata=orjson.loads(meta),
-            recorded_at=utc_from_micros(us),
-            hash=hash_,
-        )
-
     async def _fetch(self, sql: str, *args: object) -> list[RecordedEvent]:
         self._check_open()
         with translated():
             rows = await self._pool.fetch(sql, *args)
-        return [self._decode(row) for row in rows]
+        return [decode_row(row, self._upcasters) for row in rows]
 
     async def read_stream(
         self, stream: str, from_version: int = 1, limit: int | None = None

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-from eventstore.appending import AppendRequest, Outcome
+from eventstore.appending import AppendRequest, Outcome, batch_size
 from eventstore.base import AppendResult
 from eventstore.errors import EventStoreError, StoreUnavailableError
 from eventstore.postgres_batch import commit_batch
@@ -148,13 +148,7 @@ class Writer:
             self._release(waiters, outcomes)
 
     def _take_batch(self) -> tuple[list[AppendRequest], list[asyncio.Future[AppendResult]]]:
-        taken = 0
-        count = 0
-        for request in self._pending:
-            if taken and taken + len(request.events) > self._max_batch_events:
-                break
-            taken += len(request.events)
-            count += 1
+        count = batch_size(self._pending, self._max_batch_events)
         batch, self._pending = self._pending[:count], self._pending[count:]
         waiters, self._waiters = self._waiters[:count], self._waiters[count:]
         return batch, waiters

@@ -26,12 +26,13 @@ from functools import partial
 from typing import Any, Literal, TypeVar, cast
 
 import aiosqlite
-import orjson
 
 from eventstore.appending import (
     AppendRequest,
     Outcome,
+    batch_size,
     check_expected_version,
+    decode_row,
     encode_events,
     utf8,
 )
@@ -45,7 +46,6 @@ from eventstore.base import (
     RecordedEvent,
     Upcasters,
     VerifyReport,
-    utc_from_micros,
 )
 from eventstore.chain import ChainVerifier
 from eventstore.errors import (
@@ -261,13 +261,7 @@ class SQLiteEventStore(EventStore):
             self._release(waiters, outcomes)
 
     def _take_batch(self) -> tuple[list[AppendRequest], list[asyncio.Future[AppendResult]]]:
-        taken = 0
-        count = 0
-        for request in self._pending:
-            if taken and taken + len(request.events) > self._max_batch_events:
-                break
-            taken += len(request.events)
-            count += 1
+        count = batch_size(self._pending, self._max_batch_events)
         batch, self._pending = self._pending[:count], self._pending[count:]
         waiters, self._waiters = self._waiters[:count], self._waiters[count:]
         return batch, waiters
@@ -291,28 +285,10 @@ class SQLiteEventStore(EventStore):
 
     # -- reading -----------------------------------------------------------------
 
-    def _decode(self, row: tuple[Any, ...]) -> RecordedEvent:
-        position, stream, version, event_id, type_, schema_version, data, meta, us, hash_ = row
-        decoded = orjson.loads(data)
-        if self._upcasters is not None:
-            schema_version, decoded = self._upcasters.upcast(type_, schema_version, decoded)
-        return RecordedEvent(
-            position=position,
-            stream=stream,
-            version=version,
-            event_id=uuid.UUID(bytes=event_id),
-            type=type_,
-            schema_version=schema_version,
-            data=decoded,
-            metadata=orjson.loads(meta),
-            recorded_at=utc_from_micros(us),
-            hash=hash_,
-        )
-
     async def _fetch(self, sql: str, params: Sequence[object]) -> list[RecordedEvent]:
         self._check_open()
         rows = await run_in_thread(self._reader, lambda raw: raw.execute(sql, params).fetchall())
-        return [self._decode(row) for row in rows]
+        return [decode_row(row, self._upcasters) for row in rows]
 
     async def read_stream(
         self, stream: str, from_version: int = 1, limit: int | None = None
