@@ -37,6 +37,8 @@ class Config:
     outbox_timeout: float = 10.0
     outbox_breaker_failures: int = 5
     outbox_breaker_cooldown: float = 60.0
+    # Webhooks to loopback, private, link-local... addresses (refused by default: SSRF).
+    webhook_allow_private: bool = False
 
     def __post_init__(self) -> None:
         for name in ("outbox_concurrency", "outbox_max_attempts", "outbox_breaker_failures"):
@@ -111,4 +113,5 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "POSTBACK_OUTBOX_TIMEOUT": ("outbox_timeout", _seconds),
     "POSTBACK_OUTBOX_BREAKER_FAILURES": ("outbox_breaker_failures", _count),
     "POSTBACK_OUTBOX_BREAKER_COOLDOWN": ("outbox_breaker_cooldown", _seconds),
+    "POSTBACK_WEBHOOK_ALLOW_PRIVATE": ("webhook_allow_private", _switch),
 }

@@ -18,13 +18,13 @@ from functools import partial
 from typing import Any, Final
 
 from aiohttp import web
-from yarl import URL
 
 from eventstore import ConcurrencyError, NewEvent, RecordedEvent
 from eventstore.base import micros_from_utc
+from postback.channels.addresses import webhook_url
 from postback.errors import ApiError, bad_request, conflict
 from postback.http import json_body, json_response
-from postback.keys import STORE
+from postback.keys import CONFIG, STORE
 from postback.model import subscriber_stream
 from postback.operator import account_of, int_param, own_subscriber, text_field
 from postback.outbox import CLOCK, Clock
@@ -43,16 +43,19 @@ _ATTEMPTS: Final = 20
 MASK: Final = "***"
 
 
-def _webhook_url(text: str) -> str:
-    if any(c.isspace() or not c.isprintable() for c in text):
-        raise bad_request("bad_url", "'url' must not hold spaces or control characters")
+def _webhook_url(text: str, *, allow_private: bool) -> str:
+    """See :func:`postback.channels.addresses.webhook_url`; any refusal is a 400."""
     try:
-        url = URL(text)
-    except (TypeError, ValueError) as exc:
-        raise bad_request("bad_url", f"'url' is not a valid URL: {exc}") from exc
-    if url.scheme not in ("http", "https") or not url.host or not url.is_absolute():
-        raise bad_request("bad_url", "'url' must be an absolute http:// or https:// URL")
-    return text
+        return webhook_url(text, allow_private=allow_private)
+    except Exception as exc:  # whatever the parser makes of odd text: the input's fault
+        raise bad_request("bad_url", f"'url' is refused: {exc}") from exc
+
+
+def _secret(body: dict[str, Any]) -> str:
+    secret = text_field(body, "secret", required=True, limit=MAX_SECRET) or ""
+    if any(not c.isprintable() for c in secret):
+        raise bad_request("bad_field", "'secret' must not hold control characters")
+    return secret
 
 
 def _registered(events: list[RecordedEvent]) -> dict[str, dict[str, Any]]:
@@ -73,8 +76,11 @@ def _registered(events: list[RecordedEvent]) -> dict[str, dict[str, Any]]:
 async def register_webhook(request: web.Request) -> web.Response:
     account = await account_of(request)
     body = await json_body(request)
-    url = _webhook_url(text_field(body, "url", required=True, limit=MAX_URL) or "")
-    secret = text_field(body, "secret", required=True, limit=MAX_SECRET)
+    allow_private = request.app[CONFIG].webhook_allow_private
+    url = _webhook_url(
+        text_field(body, "url", required=True, limit=MAX_URL) or "", allow_private=allow_private
+    )
+    secret = _secret(body)
     store = request.app[STORE]
     stream = p.webhooks_stream(account.id)
     for _ in range(_ATTEMPTS):

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import random
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -37,14 +38,13 @@ from eventstore.base import EventStore, micros_from_utc, utc_from_micros
 from postback.channels import FAILED, Channel, Outcome
 from postback.channels import events as outcomes
 from postback.channels.breaker import Breaker, Change, Key
-from postback.channels.facebook import FacebookChannel
-from postback.channels.telegram import TelegramChannel
-from postback.channels.webhook import WebhookChannel
+from postback.channels.http import redact
+from postback.channels.setup import channels_for, session
 from postback.config import Config
 from postback.keys import CONFIG, METRICS, STORE
 from postback.metrics import Metrics
 from projections import delivery_payloads as p
-from projections.deliveries_query import PendingDelivery, circuit_states, due_deliveries
+from projections.deliveries_query import PendingDelivery, circuit_states, due_work
 from projections.runner import ProjectionRunner, ProjectionStoppedError
 
 log = logging.getLogger("postback.outbox")
@@ -67,14 +67,6 @@ class Clock:
 
 class OutboxStoppedError(RuntimeError):
     """:meth:`Outbox.wait_idle` cannot finish: the outbox has stopped."""
-
-
-def channels_for(config: Config) -> dict[str, Channel]:
-    return {
-        p.FACEBOOK: FacebookChannel(config.facebook_graph_url, config.facebook_api_version),
-        p.TELEGRAM: TelegramChannel(config.telegram_api_url),
-        p.WEBHOOK: WebhookChannel(),
-    }
 
 
 class Outbox:
@@ -106,16 +98,25 @@ class Outbox:
         self._per_target: dict[Key, int] = {}
         self._recent: dict[str, int] = {}  # delivery -> position its last outcome is visible at
         self._held: dict[str, datetime] = {}
+        # delivery -> log position the stored projection must reach before it may be sent:
+        # its stream was ahead of its row (a rebuild under way, or an append conflict)
+        self._behind: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._round = asyncio.Event()
         self._rounds = 0  # rounds started
         self._idle: tuple[int, int] | None = None  # (round, position seen) of an idle round
         self._stopping = self._running = self._finished = False
         self._http: aiohttp.ClientSession | None = None
+        self._webhook_http: aiohttp.ClientSession | None = None  # resolves public names only
 
     def _new_breaker(self) -> Breaker:
         config = self._config
         return Breaker(config.outbox_breaker_failures, config.outbox_breaker_cooldown)
+
+    @property
+    def breaker(self) -> Breaker:
+        """The circuit breaker as it stands (for tests and diagnostics)."""
+        return self._breaker
 
     # -- control ---------------------------------------------------------------------
 
@@ -160,11 +161,12 @@ class Outbox:
             raise RuntimeError("this outbox is running already")
         self._running = True
         delay = 0.1
-        timeout = aiohttp.ClientTimeout(total=self._config.outbox_timeout)
-        connector = aiohttp.TCPConnector(limit=self._config.outbox_concurrency)
         try:
-            async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
-                self._http = http
+            async with (
+                session(self._config) as http,
+                session(self._config, webhook=True) as webhook_http,
+            ):
+                self._http, self._webhook_http = http, webhook_http
                 try:
                     while not self._stopping:
                         try:
@@ -182,7 +184,8 @@ class Outbox:
                     if self._tasks:
                         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         finally:
-            self._running, self._finished, self._http = False, True, None
+            self._running, self._finished = False, True
+            self._http = self._webhook_http = None
             self._end_round(None)
 
     async def _step(self) -> None:
@@ -219,10 +222,11 @@ class Outbox:
         seen = self._runner.position
         now = self._clock.now()
         free = self._config.outbox_concurrency - len(self._tasks)
-        rows, next_us = await self._runner.query(
-            partial(due_deliveries, now_us=micros_from_utc(now), limit=len(self._tasks) + 4 * free)
+        applied, rows, next_us = await self._runner.query(
+            partial(due_work, now_us=micros_from_utc(now), limit=len(self._tasks) + 4 * free)
         )
         self._recent = {d: at for d, at in self._recent.items() if at > seen}
+        self._behind = {d: at for d, at in self._behind.items() if at > applied}
         self._held = {d: until for d, until in self._held.items() if until > now}
         stale = False
         for row in rows:
@@ -234,6 +238,7 @@ class Outbox:
             elif not (
                 row.delivery_id in self._tasks
                 or row.delivery_id in self._held
+                or row.delivery_id in self._behind
                 or not self._breaker.allows(key, now, self._per_target.get(key, 0))
             ):
                 self._start(row, key)
@@ -278,8 +283,9 @@ class Outbox:
             await self._attempt(row, key)
         except (asyncio.CancelledError, ProjectionStoppedError):
             raise
-        except Exception:
-            log.exception("outbox: delivery %s failed unexpectedly; retrying later", row)
+        except Exception:  # logged without the token, which a traceback may hold
+            trace = redact(traceback.format_exc(), row.secret)
+            log.error("outbox: delivery %s failed unexpectedly; retrying later\n%s", row, trace)
             self._held[row.delivery_id] = self._clock.now() + _HOLD
         finally:
             del self._tasks[row.delivery_id]
@@ -290,7 +296,28 @@ class Outbox:
             self._metrics.outbox_in_flight.set(len(self._tasks))
             self._wake.set()
 
+    async def _stale(self, row: PendingDelivery) -> bool:
+        """Is ``row`` older than its stream (the projection being rebuilt, say, so a
+        delivery done long ago reads as pending)? Then hold it until the stored projection
+        has applied the log as it is now: sending it could only be a duplicate."""
+        version = await self._store.stream_version(p.delivery_stream(row.delivery_id))
+        if version <= row.version:
+            return False
+        head = await self._store.last_position()
+        self._behind[row.delivery_id] = head
+        log.warning(
+            "outbox: %s is at version %d in the log but %d in the projection (being rebuilt?);"
+            " not sent before the projection reaches position %d",
+            row,
+            version,
+            row.version,
+            head,
+        )
+        return True
+
     async def _attempt(self, row: PendingDelivery, key: Key) -> None:
+        if await self._stale(row):
+            return
         started = self._clock.now()
         if (
             row.channel == p.FACEBOOK
@@ -304,9 +331,10 @@ class Outbox:
         if channel is None:
             outcome = Outcome(FAILED, error=f"no channel {row.channel!r}")
         else:
-            assert self._http is not None
+            http = self._webhook_http if row.channel == p.WEBHOOK else self._http
+            assert http is not None
             clock = time.perf_counter()
-            outcome = await channel.send(self._http, row, row.attempts + 1, started)
+            outcome = await channel.send(http, row, row.attempts + 1, started)
             elapsed = time.perf_counter() - clock
             self._metrics.outbox_attempt_seconds.labels(row.channel).observe(elapsed)
         finished = self._clock.now()
@@ -342,8 +370,11 @@ class Outbox:
                 position = result.last_position
                 break
             except (ConcurrencyError, DuplicateEventError) as exc:
-                log.warning("outbox: %s was recorded meanwhile by another sender (%s)", row, exc)
+                # Recorded meanwhile by another sender, or the projection is behind the
+                # stream: either way, no send before the projection has caught up.
                 position = await self._store.last_position()
+                self._behind[row.delivery_id] = position
+                log.warning("outbox: %s: %s; held until position %d", row, exc, position)
                 break
             except StoreUnavailableError as exc:
                 if self._stopping:
@@ -395,7 +426,7 @@ CLOCK = web.AppKey("outbox_clock", Clock)
 @contextlib.asynccontextmanager
 async def running(app: web.Application, runner: ProjectionRunner) -> AsyncIterator[None]:
     """Run an outbox beside the projections for as long as the app runs. It sends only
-    while ``runner.is_leader`` (on SQLite every runner leads)."""
+    while ``runner.is_leader`` (one process per log: see docs/outbox.md)."""
     outbox = Outbox(
         app[STORE],
         runner,

@@ -352,12 +352,15 @@ class _Fold:
                 retry_us,
             )
         )
+        # As postback.channels.breaker.Breaker.record: a transient failure counts; any
+        # other answer (a 2xx, a 4xx: the target is up) ends the row and any pause.
         circuit = self.circuit(delivery.account_id, delivery.channel, delivery.target)
         if data.get("transient") is True:
             circuit.failures += 1
             circuit.last_error = _attempt_error(data)
-        elif outcome == p.SUCCEEDED:
+        else:
             circuit.failures = 0
+            circuit.paused_until_us = None
 
     def pause(self, event: RecordedEvent) -> None:
         data = event.data

@@ -104,6 +104,19 @@ def due_deliveries(
     return [PendingDelivery(*row) for row in rows], min(times) if times else None
 
 
+def due_work(
+    conn: SqlConnection, *, now_us: int, limit: int
+) -> tuple[int, list[PendingDelivery], int | None]:
+    """The ``deliveries`` projection's stored checkpoint (what it has in fact applied, even
+    while another process rebuilds it), then :func:`due_deliveries`. Read in that order,
+    the rows are at least as new as the checkpoint."""
+    found = conn.execute(
+        "SELECT position FROM projection_checkpoints WHERE name = 'deliveries'"
+    ).fetchone()
+    rows, next_us = due_deliveries(conn, now_us=now_us, limit=limit)
+    return (0 if found is None else int(found[0])), rows, next_us
+
+
 def circuit_states(conn: SqlConnection) -> list[tuple[int, str, str, int, int | None]]:
     """Every target with failures or a pause: ``(account, channel, target, consecutive
     failures, paused until µs)``; what a sender starts from."""

@@ -87,6 +87,10 @@ class Breaker:
         state.paused_until = now + timedelta(seconds=self._cooldown * factor)
         return Change.PAUSED
 
+    def snapshot(self) -> dict[Key, tuple[int, datetime | None]]:
+        """Every target with failures or a pause: ``(failures, paused until)``."""
+        return {key: (s.failures, s.paused_until) for key, s in self._states.items()}
+
     def next_change(self, now: datetime) -> datetime | None:
         """When the next pause ends (None if no target is paused past ``now``)."""
         ends = [

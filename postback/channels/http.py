@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Final
+from urllib.parse import quote, quote_plus
 
 import aiohttp
 from multidict import CIMultiDictProxy
 
 from postback.channels import FAILED, RETRY, SUCCEEDED, Outcome
+from postback.channels.addresses import RefusedAddressError
 
 SNIPPET: Final = 512
 """Characters of an answer's body kept in the log."""
@@ -49,8 +52,23 @@ def classify(status: int, headers: CIMultiDictProxy[str], text: str, now: dateti
     return Outcome(FAILED, status, f"HTTP {status}", snippet)
 
 
+def _forms(secret: str) -> set[str]:
+    """``secret`` as a receiver, a proxy or an error may echo it: as is, percent-encoded
+    (as in a query string or a path; hex in either case) and JSON-escaped."""
+    encoded = {quote(secret, safe=""), quote(secret, safe=":"), quote_plus(secret)}
+    lowered = {re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), form) for form in encoded}
+    escaped = secret.replace("\\", "\\\\").replace('"', '\\"')
+    return {secret, escaped, escaped.replace("/", "\\/"), *encoded, *lowered}
+
+
 def redact(text: str, secret: str) -> str:
-    return text.replace(secret, "***") if secret else text
+    """``text`` with every form of ``secret`` (the target's token or webhook secret) masked:
+    no answer, error or log line may carry it."""
+    if not secret:
+        return text
+    for form in sorted(_forms(secret), key=len, reverse=True):
+        text = text.replace(form, "***")
+    return text
 
 
 async def _read(response: aiohttp.ClientResponse) -> str:
@@ -77,8 +95,8 @@ async def post(
     judge: Classify = classify,
 ) -> Outcome:
     """POST ``body`` to ``url`` (no redirects followed) and classify the answer with
-    ``judge``. Timeouts and connection errors are retried; ``secret`` is masked in any
-    error text (a token may be part of the URL)."""
+    ``judge``. Timeouts and connection errors are retried; ``secret`` is masked in the
+    answer's text (an error may echo the token, a proxy the URL) and in any error text."""
     try:
         async with http.post(
             url,
@@ -87,12 +105,17 @@ async def post(
             params=params,
             allow_redirects=False,
         ) as response:
-            text = await _read(response)
+            text = redact(await _read(response), secret)  # before it is cut to a snippet
             return judge(response.status, response.headers, text, now)
     except TimeoutError:
         return Outcome(RETRY, None, "timeout")
     except (aiohttp.InvalidURL, ValueError) as exc:  # a URL no retry can send to
         return Outcome(FAILED, None, redact(f"{type(exc).__name__}: {exc}", secret)[:SNIPPET])
+    except aiohttp.ClientConnectorError as exc:
+        if isinstance(exc.os_error, RefusedAddressError):  # no retry can change that
+            return Outcome(FAILED, None, f"refused: {exc.os_error}"[:SNIPPET])
+        detail = f"{type(exc).__name__}: {exc}"
+        return Outcome(RETRY, None, redact(detail, secret)[:SNIPPET])
     except (aiohttp.ClientError, OSError) as exc:
         detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         return Outcome(RETRY, None, redact(detail, secret)[:SNIPPET])

@@ -16,8 +16,10 @@ import hmac
 from datetime import datetime
 
 import aiohttp
+from yarl import URL
 
-from postback.channels import Outcome
+from postback.channels import FAILED, Outcome
+from postback.channels.addresses import refusal
 from postback.channels.http import post
 from projections.deliveries_query import PendingDelivery
 from projections.delivery_payloads import WEBHOOK
@@ -32,11 +34,25 @@ def signature(secret: str, body: bytes) -> str:
 
 
 class WebhookChannel:
+    """Unless ``allow_private``, an IP-literal host that is not public (or ``localhost``)
+    fails for good here; the outbox's webhook session refuses names that resolve to such
+    addresses (:mod:`postback.channels.addresses`)."""
+
     name = WEBHOOK
+
+    def __init__(self, *, allow_private: bool = False) -> None:
+        self.allow_private = allow_private
 
     async def send(
         self, http: aiohttp.ClientSession, delivery: PendingDelivery, attempt: int, now: datetime
     ) -> Outcome:
+        if not self.allow_private:
+            try:
+                host = URL(delivery.target).raw_host or ""
+            except ValueError:
+                host = ""  # post() fails it with the parser's reason
+            if host and (reason := refusal(host)) is not None:
+                return Outcome(FAILED, None, f"refused: {reason}")
         body = delivery.payload.encode()
         return await post(
             http,

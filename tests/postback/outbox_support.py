@@ -209,6 +209,7 @@ def service_config(log: dict[str, str], receiver: Receiver, **overrides: Any) ->
         "telegram_api_url": receiver.url,
         "outbox_backoff_base": 0.0,
         "outbox_timeout": 5.0,
+        "webhook_allow_private": True,  # the receiver is on loopback
         **overrides,
     }
     return Config(**settings)

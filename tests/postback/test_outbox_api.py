@@ -26,6 +26,7 @@ async def _busy_world(service: Service, receiver: Receiver) -> tuple[str, int]:
     receiver.script("webhook", Reply(400))
     await chat(service.client, user_id=world.user_id, spot=world.spot)
     await postback(service.client, clickid=world.clickid, goal="reg")
+    await service.settle()  # the 400 goes to reg's webhook delivery, not dep's
     await chat(service.client, user_id=world.user_id, spot=world.spot)
     await postback(service.client, clickid=world.clickid, goal="dep", sum="5")
     await service.settle()

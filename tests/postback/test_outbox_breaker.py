@@ -130,3 +130,29 @@ async def test_a_pause_survives_a_restart(
     assert len(receiver.of("webhook")) == 3  # still paused after the restart
     await again.advance(61)
     assert len(receiver.of("webhook")) == 5
+
+
+async def test_a_definite_answer_resets_the_stored_count_as_the_breaker_does(
+    make_service: MakeService, receiver: Receiver
+) -> None:
+    clock = ManualClock()
+    svc = await make_service(clock=clock, **BREAKER)
+    world = await svc.world()
+    hook = receiver.hook_url("down")
+    await svc.webhook(world.key, hook, "s1")
+    later = Reply(500, headers={"Retry-After": "100"})
+    receiver.script("webhook", Reply(500), Reply(500), Reply(410), later)
+    await postback(svc.client, clickid=world.clickid, goal="reg")  # 500, 500, then 410
+    await svc.settle()
+    assert (await svc.deliveries(world.key))["targets"] == []  # the 410 ended the row
+    await postback(svc.client, clickid=world.clickid, goal="dep", sum="1")  # 500, retried later
+    await svc.settle()
+    (target,) = (await svc.deliveries(world.key))["targets"]
+    assert (target["target"], target["consecutive_failures"]) == (hook, 1)
+    live = svc.outbox.breaker.snapshot()
+    assert list(live.values()) == [(1, None)]
+    await svc.client.close()
+
+    again = await make_service(clock=clock, **BREAKER)
+    await again.settle()
+    assert again.outbox.breaker.snapshot() == live

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime, timedelta
+from urllib.parse import quote
 
 from tests.postback.helpers import chat
 from tests.postback.outbox_support import (
@@ -150,6 +151,26 @@ async def test_a_400_fails_for_good_after_one_attempt(service: Service, receiver
     (failed,) = (await service.deliveries(world.key, status="failed"))["deliveries"]
     assert failed["reason"] == "HTTP 400"
     assert failed["attempts"][0]["response"].startswith('{"error"')
+
+
+async def test_a_token_echoed_by_the_receiver_is_masked_in_what_is_kept(
+    service: Service, receiver: Receiver
+) -> None:
+    world = await service.world()
+    token = "EAAB/tok+en=1"
+    await service.facebook(world.key, world.spot_id, access_token=token)
+    echoed = f"Malformed access token {token} (GET ...?access_token={quote(token, safe='')})"
+    receiver.script("facebook", Reply(400, {"error": {"message": echoed, "code": 190}}))
+    await _contact(service, world.user_id, world.spot)
+    await service.settle()
+    assert receiver.of("facebook")[0].query == {"access_token": token}  # sent, as it must be
+    (failed,) = (await service.deliveries(world.key, status="failed"))["deliveries"]
+    response = failed["attempts"][0]["response"]
+    assert "Malformed access token *** (GET ...?access_token=***)" in response
+    events = await service.api.events(world.key, limit=1000)
+    for kept in (str(failed), str(events)):
+        assert token not in kept
+        assert quote(token, safe="") not in kept
 
 
 async def test_a_transient_graph_error_is_retried(service: Service, receiver: Receiver) -> None:

@@ -176,3 +176,16 @@ async def test_a_5xx_is_retried_and_a_410_gives_up(service: Service, receiver: R
         ("failed", 1),
     ]
     assert listed[1]["reason"] == "HTTP 410"
+
+
+async def test_a_secret_echoed_by_the_receiver_is_masked(
+    service: Service, receiver: Receiver
+) -> None:
+    world = await service.world()
+    await service.webhook(world.key, receiver.hook_url("a"), SECRET)
+    receiver.script("webhook", Reply(403, {"error": f"bad secret {SECRET}?"}))
+    await postback(service.client, clickid=world.clickid, goal="reg")
+    await service.settle()
+    (failed,) = (await service.deliveries(world.key))["deliveries"]
+    assert failed["attempts"][0]["response"] == '{"error": "bad secret ***?"}'
+    assert SECRET not in str(await service.api.events(world.key, limit=1000))
