@@ -55,8 +55,7 @@ EVENT_TYPE = "PostbackReceived"
 # The store's schema as documented; replaced by the real one read from a database the
 # store created (tables and indexes), so "same schema" means exactly the same.
 DOCUMENTED_SCHEMA: list[str] = [
-    "CREATE TABLE streams (stream_id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, "
-    "version INTEGER NOT NULL)",
+    "CREATE TABLE streams (stream_id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
     "CREATE TABLE events (position INTEGER PRIMARY KEY, stream_id INTEGER NOT NULL, "
     "version INTEGER NOT NULL, event_id BLOB NOT NULL UNIQUE, type TEXT NOT NULL, "
     "schema_version INTEGER NOT NULL, data BLOB NOT NULL, metadata BLOB NOT NULL, "

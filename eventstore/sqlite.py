@@ -54,7 +54,7 @@ from eventstore.errors import (
     StoreClosedError,
     StoreUnavailableError,
 )
-from eventstore.sqlite_batch import WriterCache, commit_batch
+from eventstore.sqlite_batch import STREAM_VERSION, WriterCache, commit_batch
 from eventstore.sqlite_schema import migrate
 
 T = TypeVar("T")
@@ -303,7 +303,7 @@ class SQLiteEventStore(EventStore):
         row = await run_in_thread(
             self._reader,
             lambda raw: raw.execute(
-                "SELECT version FROM streams WHERE name = ?", (stream,)
+                f"SELECT {STREAM_VERSION} FROM streams s WHERE name = ?", (stream,)
             ).fetchone(),
         )
         return int(row[0]) if row else 0

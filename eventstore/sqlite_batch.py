@@ -24,6 +24,11 @@ from eventstore.base import AppendResult
 from eventstore.chain import GENESIS, event_hash
 from eventstore.errors import ConcurrencyError
 
+STREAM_VERSION = (
+    "(SELECT COALESCE(MAX(e.version), 0) FROM events e WHERE e.stream_id = s.stream_id)"
+)
+"""A stream's version (``s``: its streams row): its last event's, found in the index."""
+
 # SQLite's default limit of bound variables is 32766 since 3.32; stay well below it.
 _IN_CHUNK = 900
 
@@ -74,7 +79,8 @@ def _load_streams(
     for chunk in _chunks(names):
         marks = ",".join("?" * len(chunk))
         for name, stream_id, version in conn.execute(
-            f"SELECT name, stream_id, version FROM streams WHERE name IN ({marks})", chunk
+            f"SELECT name, stream_id, {STREAM_VERSION} FROM streams s WHERE name IN ({marks})",
+            chunk,
         ):
             found[name] = _Stream(stream_id, version)
     return found
@@ -94,6 +100,10 @@ def _load_stored(conn: sqlite3.Connection, ids: list[bytes]) -> dict[bytes, Stor
     return found
 
 
+class _CheckIds(Exception):
+    """The optimistic write of a batch cannot decide an outcome without the id lookup."""
+
+
 def commit_batch(
     conn: sqlite3.Connection, batch: Sequence[AppendRequest], cache: WriterCache
 ) -> list[Outcome]:
@@ -105,7 +115,19 @@ def commit_batch(
     conn.execute("BEGIN IMMEDIATE")
     try:
         cache.refresh(conn)
-        outcomes = _write(conn, batch, cache)
+        try:
+            # Optimistic: new ids are the rule, so the batch is written without looking
+            # them up; the unique index on event_id catches any already stored.
+            outcomes = _write(conn, batch, cache, check_ids=False)
+        except (sqlite3.IntegrityError, _CheckIds):
+            # Some id is stored (a retry) or repeated in the batch, or an expected version
+            # failed: write the batch again, checking every id first (idempotent results,
+            # DuplicateEventError, and only then ConcurrencyError).
+            conn.execute("ROLLBACK")
+            cache.clear()
+            conn.execute("BEGIN IMMEDIATE")
+            cache.refresh(conn)
+            outcomes = _write(conn, batch, cache, check_ids=True)
         conn.execute("COMMIT")
     except BaseException:
         cache.clear()
@@ -116,21 +138,24 @@ def commit_batch(
 
 
 def _write(
-    conn: sqlite3.Connection, batch: Sequence[AppendRequest], cache: WriterCache
+    conn: sqlite3.Connection,
+    batch: Sequence[AppendRequest],
+    cache: WriterCache,
+    *,
+    check_ids: bool,
 ) -> list[Outcome]:
     position, previous, last_us = conn.execute(
         "SELECT position, hash, recorded_us FROM chain_head"
     ).fetchone() or (0, GENESIS, 0)
     streams = _load_streams(conn, cache, {r.stream for r in batch})
     ids = [e.event_id for r in batch for e in r.events]
-    stored = _load_stored(conn, ids)
+    stored = _load_stored(conn, ids) if check_ids else {}
     # Later appends of the batch must see the ids of earlier ones only if an id repeats.
     ids_in_batch = len(set(ids)) != len(ids)
     # Recorded time never goes backwards along the log, so "as of T" is a prefix of it.
     recorded_us = max(time.time_ns() // 1000, last_us)
 
     rows: list[tuple[object, ...]] = []
-    touched: dict[str, _Stream] = {}
     outcomes: list[Outcome] = []
     for request in batch:
         if stored:
@@ -141,12 +166,14 @@ def _write(
         stream = streams.get(request.stream)
         actual = stream.version if stream is not None else 0
         if not satisfies(request.expected, actual):
+            if not check_ids:
+                # It may be a retry of a stored append, whose answer is its original
+                # result, not a conflict: only the checked path can tell.
+                raise _CheckIds
             outcomes.append(ConcurrencyError(request.stream, describe(request.expected), actual))
             continue
         if stream is None:
-            cursor = conn.execute(
-                "INSERT INTO streams (name, version) VALUES (?, 0)", (request.stream,)
-            )
+            cursor = conn.execute("INSERT INTO streams (name) VALUES (?)", (request.stream,))
             stream = streams[request.stream] = _Stream(cursor.lastrowid, 0)
         first = position + 1
         for event in request.events:
@@ -187,15 +214,10 @@ def _write(
                     event.schema_version,
                     event.data,
                 )
-        touched[request.stream] = stream
         outcomes.append(AppendResult(request.stream, first, position, stream.version))
 
     if rows:
         conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        conn.executemany(
-            "UPDATE streams SET version = ? WHERE stream_id = ?",
-            [(s.version, s.stream_id) for s in touched.values()],
-        )
         conn.execute(
             "UPDATE chain_head SET position = ?, hash = ?, recorded_us = ?",
             (position, previous, recorded_us),

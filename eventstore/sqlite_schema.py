@@ -79,9 +79,21 @@ def _v2_chain_head(conn: sqlite3.Connection) -> None:
     )
 
 
+# A stream's version is the highest of its events' (the (stream_id, version) index finds
+# it in one probe); keeping a copy in streams cost an UPDATE per stream per group commit.
+# The table is rebuilt rather than altered: DROP COLUMN needs SQLite 3.35.
+_V3_STREAM_VERSIONS_FROM_EVENTS = _statements(
+    "CREATE TABLE streams_v3 (stream_id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
+    "INSERT INTO streams_v3 (stream_id, name) SELECT stream_id, name FROM streams",
+    "DROP TABLE streams",
+    "ALTER TABLE streams_v3 RENAME TO streams",
+)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events and streams", _V1_EVENTS),
     Migration(2, "chain head", _v2_chain_head),
+    Migration(3, "stream versions from the events index", _V3_STREAM_VERSIONS_FROM_EVENTS),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
