@@ -14,16 +14,15 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from eventstore.base import EventStore
+from eventstore.dsn import redact_dsn
 from eventstore.errors import StoreUnavailableError
 from postback.config import Config
 from projections.catalog import all_projections
 from projections.database import ProjectionDatabase, SQLiteProjectionDatabase
 from projections.runner import ProjectionRunner
-
-_SCHEMES = ("postgresql", "postgres")
 
 
 class MissingLogError(LookupError):
@@ -50,21 +49,7 @@ def describe(config: Config) -> str:
     (neither in the address nor as a ``password=`` parameter)."""
     if config.dsn is None:
         return config.db_path
-    parts = urlsplit(config.dsn)
-    if parts.scheme not in _SCHEMES:
-        # Not a URL we can take apart (libpq's "key=value" form, a typo): it may hold a
-        # password anywhere, so it is not repeated.
-        return "the PostgreSQL DSN given (not a postgresql:// URL)"
-    if parts.password is not None:
-        host = parts.hostname or ""
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    if any(name.lower() == "password" for name, _ in query):
-        shown = [(name, "***" if name.lower() == "password" else v) for name, v in query]
-        parts = parts._replace(query=urlencode(shown, safe="*"))
-    return urlunsplit(parts)
+    return redact_dsn(config.dsn)
 
 
 def require_log_file(config: Config) -> None:
@@ -90,7 +75,7 @@ async def require_log_schema(config: Config) -> None:
                 version = await schema_version(conn)
             finally:
                 await conn.close()
-    except (StoreUnavailableError, ValueError) as exc:
+    except (StoreUnavailableError, ValueError, OverflowError) as exc:
         raise _unavailable(config, exc) from exc
     if version == 0:
         raise MissingLogError(
@@ -130,7 +115,7 @@ async def open_store(
             return await PostgresEventStore.open(
                 config.dsn, durability=durability, on_batch=on_batch
             )
-        except (StoreUnavailableError, ValueError) as exc:
+        except (StoreUnavailableError, ValueError, OverflowError) as exc:
             raise _unavailable(config, exc) from exc
     from eventstore.sqlite import SQLiteEventStore
 

@@ -35,10 +35,10 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
+from eventstore.dsn import redact_dsn
 from eventstore.errors import EventStoreError
 from projections.database import Dialect, ProjectionDatabase, SqlConnection
 from projections.pg_bridge import PgBridge, is_transient, translate_error
@@ -66,14 +66,8 @@ def writers_key(schema: str) -> int:
 
 
 def redact(dsn: str) -> str:
-    """``dsn`` without its password."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    """``dsn`` without its password (see :func:`eventstore.dsn.redact_dsn`)."""
+    return redact_dsn(dsn)
 
 
 def _raise_translated(exc: BaseException) -> None:

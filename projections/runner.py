@@ -282,8 +282,11 @@ class ProjectionRunner:
             self._advanced.set()
             # Let another instance lead (its session ends): a failed leader must not hold
             # the projections (and the outbox) hostage until this process stops.
-            with contextlib.suppress(Exception):
-                await self._database.close()
+            # Reads reconnect on demand (open() again), without the leadership.
+            async with self._open_lock, self._apply_lock:
+                with contextlib.suppress(Exception):
+                    await self._database.close()
+                self._opened = False
             raise
         finally:
             self._running -= 1

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from eventstore.base import RecordedEvent
+from eventstore.base import NewEvent, RecordedEvent
 from eventstore.errors import EventStoreError, StoreUnavailableError
 from eventstore.sqlite import SQLiteEventStore
 from projections.database import SqlConnection, SQLiteProjectionDatabase, dialect_of
@@ -333,3 +333,18 @@ def test_invalid_arguments() -> None:
     runner = ProjectionRunner(NoFile(), [Recording()], database=database)  # type: ignore[arg-type]
     assert runner.database is database
     assert not runner.is_leader  # SQLite: every runner applies; leads once run() locks
+
+
+async def test_after_run_fails_reads_still_answer(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    """A failed run() gives up the leadership (its connections) but not the reads."""
+    await store.append("s", [NewEvent("Happened", {"n": n}) for n in range(3)])
+    runner = make_runner([Recording(fail_at=2)])
+    with pytest.raises(Boom):
+        await runner.run()
+    assert not runner.is_leader
+    rows = await runner.query(
+        lambda conn: conn.execute("SELECT position FROM recording").fetchall()
+    )
+    assert rows == []  # the failed batch was rolled back; position 1 with it
