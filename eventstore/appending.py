@@ -14,6 +14,7 @@ Both backends use this module.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -208,3 +209,18 @@ def decode_row(row: Sequence[Any], upcasters: Upcasters | None) -> RecordedEvent
         recorded_at=utc_from_micros(us),
         hash=hash_,
     )
+
+
+def settle(waiters: Sequence[asyncio.Future[AppendResult]], outcomes: Sequence[Outcome]) -> int:
+    """Give each caller of a committed batch its outcome; return the highest position the
+    batch wrote (0 if it wrote none: all duplicates or errors)."""
+    last = 0
+    for waiter, outcome in zip(waiters, outcomes, strict=True):
+        if isinstance(outcome, AppendResult):
+            if not outcome.duplicate and outcome.last_position > last:
+                last = outcome.last_position
+            if not waiter.done():
+                waiter.set_result(outcome)
+        elif not waiter.done():
+            waiter.set_exception(outcome)
+    return last

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-from eventstore.appending import AppendRequest, Outcome, batch_size
+from eventstore.appending import AppendRequest, Outcome, batch_size, settle
 from eventstore.base import AppendResult
 from eventstore.errors import EventStoreError, StoreUnavailableError
 from eventstore.postgres_batch import commit_batch
@@ -188,14 +188,6 @@ class Writer:
     def _release(
         self, waiters: list[asyncio.Future[AppendResult]], outcomes: list[Outcome]
     ) -> None:
-        last = 0
-        for waiter, outcome in zip(waiters, outcomes, strict=True):
-            if isinstance(outcome, AppendResult):
-                if not outcome.duplicate:
-                    last = max(last, outcome.last_position)
-                if not waiter.done():
-                    waiter.set_result(outcome)
-            elif not waiter.done():
-                waiter.set_exception(outcome)
+        last = settle(waiters, outcomes)
         if last:
             self._on_committed(last)

@@ -34,6 +34,7 @@ from eventstore.appending import (
     check_expected_version,
     decode_row,
     encode_events,
+    settle,
     utf8,
 )
 from eventstore.base import (
@@ -269,15 +270,7 @@ class SQLiteEventStore(EventStore):
     def _release(
         self, waiters: list[asyncio.Future[AppendResult]], outcomes: list[Outcome]
     ) -> None:
-        last = self._last_committed
-        for waiter, outcome in zip(waiters, outcomes, strict=True):
-            if isinstance(outcome, AppendResult):
-                if not outcome.duplicate and outcome.last_position > last:
-                    last = outcome.last_position
-                if not waiter.done():
-                    waiter.set_result(outcome)
-            elif not waiter.done():
-                waiter.set_exception(outcome)
+        last = settle(waiters, outcomes)
         if last > self._last_committed:
             self._last_committed = last
             self._new_events.set()
