@@ -32,7 +32,12 @@ from eventstore.base import (
     utc_from_micros,
 )
 from eventstore.chain import encode_json
-from eventstore.errors import DuplicateEventError, EventStoreError, InvalidEventError
+from eventstore.errors import (
+    ConcurrencyError,
+    DuplicateEventError,
+    EventStoreError,
+    InvalidEventError,
+)
 
 Outcome = AppendResult | EventStoreError
 """What one append of a group commit came to: its result, or its own error."""
@@ -140,6 +145,19 @@ def satisfies(expected: ExpectedVersion, actual: int) -> bool:
 def describe(expected: ExpectedVersion) -> object:
     """``expected`` as a ConcurrencyError reports it."""
     return expected.value if isinstance(expected, StreamState) else expected
+
+
+def verdict(request: AppendRequest, stored: dict[bytes, Stored], actual: int) -> Outcome | None:
+    """What an append comes to before anything is written, checked in the contract's order:
+    its original result (a retry) or a DuplicateEventError, then a ConcurrencyError if the
+    stream, at version ``actual``, does not meet its expected version; None: write it."""
+    if stored:
+        replay = replayed(request, stored)
+        if replay is not None:
+            return replay
+    if not satisfies(request.expected, actual):
+        return ConcurrencyError(request.stream, describe(request.expected), actual)
+    return None
 
 
 def replayed(request: AppendRequest, stored: dict[bytes, Stored]) -> Outcome | None:

@@ -21,13 +21,11 @@ from eventstore.appending import (
     AppendRequest,
     Outcome,
     Stored,
-    describe,
-    replayed,
-    satisfies,
+    verdict,
 )
 from eventstore.base import AppendResult
 from eventstore.chain import event_hash
-from eventstore.errors import ConcurrencyError, EventStoreError
+from eventstore.errors import EventStoreError
 from eventstore.postgres_driver import Connection
 
 _LOCK_HEAD = (
@@ -224,15 +222,10 @@ def plan(
     rows = Rows()
     outcomes: list[Outcome] = []
     for request in batch:
-        if stored:
-            replay = replayed(request, stored)
-            if replay is not None:
-                outcomes.append(replay)
-                continue
         stream = streams.get(request.stream)
-        actual = stream.version if stream is not None else 0
-        if not satisfies(request.expected, actual):
-            outcomes.append(ConcurrencyError(request.stream, describe(request.expected), actual))
+        outcome = verdict(request, stored, stream.version if stream is not None else 0)
+        if outcome is not None:
+            outcomes.append(outcome)
             continue
         if stream is None:
             stream = streams[request.stream] = StreamRow(None, 0)

@@ -16,13 +16,10 @@ from eventstore.appending import (
     AppendRequest,
     Outcome,
     Stored,
-    describe,
-    replayed,
-    satisfies,
+    verdict,
 )
 from eventstore.base import AppendResult
 from eventstore.chain import GENESIS, event_hash
-from eventstore.errors import ConcurrencyError
 
 STREAM_VERSION = (
     "(SELECT COALESCE(MAX(e.version), 0) FROM events e WHERE e.stream_id = s.stream_id)"
@@ -158,19 +155,14 @@ def _write(
     rows: list[tuple[object, ...]] = []
     outcomes: list[Outcome] = []
     for request in batch:
-        if stored:
-            replay = replayed(request, stored)
-            if replay is not None:
-                outcomes.append(replay)
-                continue
         stream = streams.get(request.stream)
-        actual = stream.version if stream is not None else 0
-        if not satisfies(request.expected, actual):
+        outcome = verdict(request, stored, stream.version if stream is not None else 0)
+        if outcome is not None:
             if not check_ids:
-                # It may be a retry of a stored append, whose answer is its original
-                # result, not a conflict: only the checked path can tell.
+                # Unchecked, only a version can fail; but it may be a retry of a stored
+                # append, whose answer is its original result: only the checked path knows.
                 raise _CheckIds
-            outcomes.append(ConcurrencyError(request.stream, describe(request.expected), actual))
+            outcomes.append(outcome)
             continue
         if stream is None:
             cursor = conn.execute("INSERT INTO streams (name) VALUES (?)", (request.stream,))

@@ -53,7 +53,10 @@ class Scope(Protocol):
         place: str = "live",
         batch_size: int = 5000,
         **options: Any,
-    ) -> ProjectionRunner: ...
+    ) -> ProjectionRunner:
+        """A runner on the database at ``place`` (``options`` go to :meth:`database`)."""
+        database = self.database(place, **options)
+        return ProjectionRunner(store, projections, batch_size=batch_size, database=database)
 
     def connect(self, place: str | None = None) -> SqlConnection: ...
 
@@ -75,19 +78,7 @@ def examples(base: settings, scope: Scope, postgres: int) -> settings:
     return settings(base, max_examples=postgres) if scope.name == "postgres" else base
 
 
-def _runner(
-    scope: Scope,
-    store: EventStore,
-    projections: Sequence[Projection],
-    place: str,
-    batch_size: int,
-    options: dict[str, Any],
-) -> ProjectionRunner:
-    database = scope.database(place, **options)
-    return ProjectionRunner(store, projections, batch_size=batch_size, database=database)
-
-
-class SQLiteScope:
+class SQLiteScope(Scope):
     """Places are files in ``directory``; ``"live"`` is ``events.projections.db``, beside a
     log at ``events.db`` (the ``store`` fixture's)."""
 
@@ -105,17 +96,6 @@ class SQLiteScope:
         from projections.database import SQLiteProjectionDatabase
 
         return None if place == "live" else SQLiteProjectionDatabase(self.path(place))
-
-    def runner(
-        self,
-        store: EventStore,
-        projections: Sequence[Projection],
-        *,
-        place: str = "live",
-        batch_size: int = 5000,
-        **options: Any,
-    ) -> ProjectionRunner:
-        return _runner(self, store, projections, place, batch_size, options)
 
     def connect(self, place: str | None = None) -> SqlConnection:
         target = ":memory:" if place is None else str(self.path(place))
@@ -173,7 +153,7 @@ class BackgroundLoop:
         self.loop.close()
 
 
-class PostgresScope:
+class PostgresScope(Scope):
     """Places are schemas: ``"live"`` is ``live_schema`` (the ``pg_schema`` fixture's),
     the others are created on first use and dropped by :meth:`close`."""
 
@@ -211,17 +191,6 @@ class PostgresScope:
         }
         settings.update(options)
         return PostgresProjectionDatabase(self.dsn(place), **settings)
-
-    def runner(
-        self,
-        store: EventStore,
-        projections: Sequence[Projection],
-        *,
-        place: str = "live",
-        batch_size: int = 5000,
-        **options: Any,
-    ) -> ProjectionRunner:
-        return _runner(self, store, projections, place, batch_size, options)
 
     def connect(self, place: str | None = None) -> SqlConnection:
         schema = self._new_schema() if place is None else self.schema(place)
