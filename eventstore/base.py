@@ -20,10 +20,12 @@ import enum
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
+
+from eventstore.errors import InvalidEventError
 
 JSONObject = Mapping[str, Any]
 
@@ -219,6 +221,26 @@ def micros_from_utc(moment: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+MAX_POSITION: Final = 2**63 - 1
+"""The largest position a backend can store (a signed 64-bit integer)."""
+
+
+def positions_to_read(positions: Collection[int]) -> list[int]:
+    """The distinct positions of ``positions`` that can be in a log, ascending.
+
+    For backends implementing :meth:`EventStore.read_at`: a value that is not an ``int``
+    (``bool`` included) raises :class:`~eventstore.errors.InvalidEventError`, so a
+    caller's bug never reaches the driver; values outside ``1..MAX_POSITION`` are dropped.
+    """
+    wanted: set[int] = set()
+    for position in positions:
+        if not isinstance(position, int) or isinstance(position, bool):
+            raise InvalidEventError(f"a position must be an int, not {position!r}")
+        if 0 < position <= MAX_POSITION:
+            wanted.add(int(position))
+    return sorted(wanted)
+
+
 class EventStore(abc.ABC):
     """An append-only, tamper-evident event log. Every backend implements this.
 
@@ -245,6 +267,11 @@ class EventStore(abc.ABC):
         2. If the stream's current version does not satisfy ``expected_version``,
            :class:`~eventstore.errors.ConcurrencyError` is raised and nothing is written.
         3. Otherwise the events get consecutive stream versions and global positions.
+
+        The events of one append always occupy consecutive positions
+        (``first_position .. last_position``), in the order given: no other append's
+        events come between them, however many appends run concurrently or are
+        committed together.
 
         Concurrent appends may be committed together in one transaction (group commit);
         one caller's error never fails another's append. A caller cancelled while waiting
@@ -284,6 +311,18 @@ class EventStore(abc.ABC):
     @abc.abstractmethod
     async def get_event(self, event_id: uuid.UUID) -> RecordedEvent | None:
         """The event with that id, or None."""
+
+    @abc.abstractmethod
+    async def read_at(self, positions: Collection[int]) -> list[RecordedEvent]:
+        """The events at ``positions``, each once, in position order.
+
+        ``positions`` is any collection of ints, in any order, duplicates allowed (up to
+        thousands per call: a backend reads them in one query, or a few, never one per
+        position). Positions that are not in the log (0, negative, beyond the head) are
+        left out. A value that is not an ``int`` (``bool`` included) raises
+        :class:`~eventstore.errors.InvalidEventError`. An empty collection returns []
+        without touching the database.
+        """
 
     @abc.abstractmethod
     async def last_position(self) -> int:

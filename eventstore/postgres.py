@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 
 from eventstore.appending import (
     AppendRequest,
@@ -59,6 +59,7 @@ from eventstore.base import (
     RecordedEvent,
     Upcasters,
     VerifyReport,
+    positions_to_read,
 )
 from eventstore.chain import ChainVerifier
 from eventstore.errors import InvalidEventError, StoreClosedError
@@ -291,6 +292,15 @@ class PostgresEventStore(EventStore):
     async def get_event(self, event_id: uuid.UUID) -> RecordedEvent | None:
         found = await self._fetch(f"{_SELECT_EVENTS} WHERE e.event_id = $1", event_id.bytes)
         return found[0] if found else None
+
+    async def read_at(self, positions: Collection[int]) -> list[RecordedEvent]:
+        self._check_open()
+        wanted = positions_to_read(positions)
+        if not wanted:
+            return []
+        return await self._fetch(
+            f"{_SELECT_EVENTS} WHERE e.position = ANY($1::bigint[]) ORDER BY e.position", wanted
+        )
 
     async def last_position(self) -> int:
         self._check_open()

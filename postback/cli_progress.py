@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, TextIO, cast
 
 from eventstore.base import EventStore, RecordedEvent
@@ -28,9 +28,10 @@ class LogView:
     applied up to) and each look at the head (``on_head``: a following runner on PostgreSQL
     looks at it each time the leader moves, without reading).
 
-    It has the three members the runner uses (``last_position``, ``read_all``,
-    ``wait_for_events``); anything else (an SQLite log's ``path``, where its projections
-    default to) is the store's own. :meth:`as_store` hands it to the runner.
+    It has the members the runner and its readers use (``last_position``, ``read_all``,
+    ``read_at``, ``wait_for_events``), all cut at ``until``; anything else (an SQLite
+    log's ``path``, where its projections default to) is the store's own.
+    :meth:`as_store` hands it to the runner.
     """
 
     def __init__(
@@ -81,6 +82,12 @@ class LogView:
         if batch:
             self._seen(batch[-1].position)
         return batch
+
+    async def read_at(self, positions: Collection[int]) -> list[RecordedEvent]:
+        events = await self._store.read_at(positions)
+        if self._until is None:
+            return events
+        return [event for event in events if event.position <= self._until]
 
     async def wait_for_events(self, after: int, timeout: float | None = None) -> int:
         # The runner waits here once it has applied everything up to ``after``.

@@ -420,6 +420,71 @@ async def test_read_all_default_limit_is_1000(store: EventStore) -> None:
     assert [e.position for e in await store.read_all(after=1000)] == [1001, 1002, 1003]
 
 
+async def test_read_at_returns_each_event_once_in_position_order(store: EventStore) -> None:
+    await fill(store, [("a", 4), ("b", 3), ("a", 3)])
+    everything = await store.read_all()
+    at = {e.position: e for e in everything}
+
+    assert await store.read_at([7, 2, 9, 4]) == [at[2], at[4], at[7], at[9]]
+    assert await store.read_at((5, 5, 1, 5, 1)) == [at[1], at[5]]
+    assert await store.read_at({10, 3}) == [at[3], at[10]]
+    assert await store.read_at(range(1, 11)) == everything
+    assert await store.read_at(range(10, 0, -1)) == everything
+    assert await store.read_at([6]) == [at[6]]
+
+
+async def test_read_at_leaves_out_positions_not_in_the_log(store: EventStore) -> None:
+    await fill(store, [("a", 3), ("b", 2)])
+    everything = await store.read_all()
+
+    assert await store.read_at([0, -1, -(2**63), 6, 11, 2**63 - 1, 2**63, 2**80]) == []
+    assert await store.read_at([0, 3, -3, 99, 1, 6]) == [everything[0], everything[2]]
+    assert await store.read_at([]) == []
+    assert await store.read_at(()) == []
+    assert await store.read_at(set()) == []
+
+
+async def test_read_at_on_an_empty_log(store: EventStore) -> None:
+    assert await store.read_at([1, 2, 3]) == []
+    assert await store.read_at([]) == []
+
+
+async def test_read_at_reads_more_than_1000_positions_in_one_call(store: EventStore) -> None:
+    for k in range(4):
+        await store.append(f"s{k % 2}", [new(k=k, i=i) for i in range(300)])
+    everything = await read_everything(store)
+    assert len(everything) == 1200
+
+    assert await store.read_at(list(range(1200, 0, -1))) == everything
+    odd = [p for p in range(1, 1300) if p % 2] * 2  # 1,300 values, 600 in the log
+    assert await store.read_at(odd) == everything[::2]
+
+
+async def test_read_at_returns_upcast_events_as_read_all_does(
+    store_factory: StoreFactory,
+) -> None:
+    store = await store_factory(upcasters=_renamed_upcasters())
+    await store.append("person", [NewEvent("Renamed", {"name": "Ada"}, schema_version=1)])
+    await store.append("other", [new(), new()])
+    everything = await store.read_all()
+    assert everything[0].data == {"full_name": "Ada", "locale": "en"}
+    assert await store.read_at([3, 1]) == [everything[0], everything[2]]
+
+
+@pytest.mark.parametrize(
+    "positions",
+    [[1, "2"], [1.0], [True], [1, False], [None], "12", [uuid.uuid4()]],
+    ids=["str", "float", "true", "false", "none", "a-string", "uuid"],
+)
+async def test_read_at_rejects_positions_that_are_not_ints(
+    store: EventStore, positions: Any
+) -> None:
+    await store.append("s", [new(), new()])
+    with pytest.raises(InvalidEventError):
+        await store.read_at(positions)
+    assert len(await store.read_at([1, 2])) == 2  # the store is still fine
+
+
 async def test_iter_all_streams_batches(store: EventStore) -> None:
     await fill(store, [("a", 5), ("b", 5), ("c", 3)])
     everything = await store.read_all()
@@ -521,6 +586,27 @@ async def test_concurrent_multi_event_appends_stay_contiguous(store: EventStore)
         landed = stored[result.first_position - 1 : result.last_position]
         assert [e.event_id for e in landed] == [e.event_id for e in batch]
         assert landed[-1].version == result.stream_version
+
+
+async def test_each_append_gets_consecutive_positions_among_concurrent_appends(
+    store: EventStore,
+) -> None:
+    batches = [[new(task=t, i=i) for i in range(3 + t % 3)] for t in range(50)]
+    results = await asyncio.gather(
+        *(store.append(f"own-{t}", batch, NO_STREAM) for t, batch in enumerate(batches))
+    )
+    stored = await read_everything(store)
+    assert_gap_free(stored)
+    assert len(stored) == sum(len(batch) for batch in batches)
+    for t, (batch, result) in enumerate(zip(batches, results, strict=True)):
+        assert result.last_position - result.first_position + 1 == len(batch)
+        assert result.stream_version == len(batch)
+        landed = stored[result.first_position - 1 : result.last_position]
+        assert [e.event_id for e in landed] == [e.event_id for e in batch]
+        assert all(e.stream == f"own-{t}" for e in landed)
+        assert [e.version for e in landed] == list(range(1, len(batch) + 1))
+        positions = range(result.first_position, result.last_position + 1)
+        assert await store.read_at(positions) == landed
 
 
 async def test_one_callers_conflict_does_not_fail_the_others(store: EventStore) -> None:
@@ -712,6 +798,8 @@ CALLS_AFTER_CLOSE: dict[str, Callable[[EventStore], Awaitable[object]]] = {
     "read_all": lambda s: s.read_all(),
     "iter_all": _iterate,
     "get_event": lambda s: s.get_event(uuid.uuid4()),
+    "read_at": lambda s: s.read_at([1]),
+    "read_at-empty": lambda s: s.read_at([]),
     "last_position": lambda s: s.last_position(),
     "wait_for_events": lambda s: s.wait_for_events(0, timeout=0.01),
     "verify": lambda s: s.verify(),
