@@ -588,7 +588,10 @@ async def bench(options: Options, directory: Path) -> int:
         out.append(f"  {key:<14} {value}")
     out.append("  durability     WAL + synchronous=FULL everywhere; fresh database file per run")
     out.append(f"  schema         {schema_source}")
-    out.append(f"  checkpoints    WAL checkpointed every {store_wal_autocheckpoint():,} pages (the store's, everywhere)")
+    out.append(
+        f"  checkpoints    WAL checkpointed every {store_wal_autocheckpoint():,} pages"
+        " (the store's setting, for every writer)"
+    )
     if triggers:
         out.append(f"  note           the store has {len(triggers)} trigger(s); raw runs omit them")
 

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from functools import partial
 
 from aiohttp import web
 
@@ -65,15 +64,13 @@ async def list_postback_log(request: web.Request) -> web.Response:
     after = int_param(request, "after", 0)
     limit = int_param(request, "limit", 100, low=1, high=1000)
     runner = await fresh_runner(request)
-    rows = await runner.query(
-        partial(
-            list_postbacks,
-            account_id=account.id,
-            clickid=clickid,
-            status=status,
-            after=after,
-            limit=limit,
-        )
+    rows = await list_postbacks(
+        runner,
+        account_id=account.id,
+        clickid=clickid,
+        status=status,
+        after=after,
+        limit=limit,
     )
     return json_response({"postbacks": rows, "next_after": rows[-1]["position"] if rows else after})
 

@@ -34,6 +34,7 @@ string ``goal`` are skipped: a projection must not stop the runner on one bad ev
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -51,7 +52,6 @@ EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US: Final = timedelta(microseconds=1)
 _QUANTUM: Final = Decimal(1).scaleb(-8)
 _CENTS: Final = Decimal("0.01")
-MAX_AMOUNT: Final = Decimal(10) ** 15
 
 SCHEMA_SQL: Final[tuple[str, ...]] = (
     """
@@ -125,7 +125,11 @@ def parse_amount(value: object) -> Decimal | None:
         amount = Decimal(value.strip() if isinstance(value, str) else value)
     except InvalidOperation:
         return None
-    if not amount.is_finite() or abs(amount) >= MAX_AMOUNT:
+    if not amount.is_finite():
+        return None
+    if amount.is_zero():
+        return Decimal(0)  # whatever its exponent (0E+1000000 is 0, and cheap to split)
+    if amount.adjusted() >= 15:  # 1e15 or more; abs() could overflow the context
         return None
     exponent = amount.as_tuple().exponent
     assert isinstance(exponent, int)
@@ -147,6 +151,26 @@ def split_units(amount: Decimal | None) -> tuple[int, int]:
     assert exponent >= -8, amount
     units = int("".join(map(str, digits)) or "0") * int(10 ** (exponent + 8))
     return divmod(-units if sign else units, UNITS_PER_WHOLE)
+
+
+_PLAIN_AMOUNT: Final = re.compile(r"(-?)([0-9]{1,15})(?:\.([0-9]{1,8}))?")
+
+
+def amount_units(value: object) -> tuple[int, int] | None:
+    """``split_units(parse_amount(value))``, None where :func:`parse_amount` gives None.
+
+    Amounts as the service writes them (``-?digits[.digits]``, at most 15 integer digits
+    and 8 decimals) are split with integer arithmetic on the text, without a Decimal;
+    anything else takes the general path.
+    """
+    if type(value) is str and (plain := _PLAIN_AMOUNT.fullmatch(value)) is not None:
+        sign, whole, fraction = plain.groups()
+        units = int(whole) * UNITS_PER_WHOLE
+        if fraction:
+            units += int(fraction) * 10 ** (8 - len(fraction))
+        return divmod(-units if sign else units, UNITS_PER_WHOLE)
+    parsed = parse_amount(value)
+    return None if parsed is None else split_units(parsed)
 
 
 def units_to_decimal(whole: int | None, frac: int | None) -> Decimal:
@@ -199,7 +223,7 @@ def fact_of(event: RecordedEvent) -> Fact | None:
         return None
     if not isinstance(goal, str):
         return None
-    whole, frac = split_units(parse_amount(data.get("amount")))
+    whole, frac = amount_units(data.get("amount")) or (0, 0)
     return Fact(
         event.position,
         account_id,

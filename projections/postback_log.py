@@ -1,55 +1,60 @@
-"""The ``postback_log`` projection: one row per partner request, accepted or rejected.
+"""The postback log: one entry per partner request, accepted or rejected, read from the log.
 
-Its source is ``metadata.postback`` (see docs/events.md), carried by every event a partner
-request caused: goal events, ``ContactRecorded``, and ``PostbackRejected`` /
-``PostbackRepeated`` in the ``postback-log`` stream. One request may cause two events with
-the same ``request_id``; the first one (lowest position) makes the row.
+What a partner request was, and what it was answered, is ``metadata.postback`` (see
+docs/events.md) of the events it caused: goal events, ``ContactRecorded``, and
+``PostbackRejected`` / ``PostbackRepeated`` in the ``postback-log`` stream. The log itself
+is the record, hash-chained: this module does not copy it.
+
+* The ``postback_index`` projection keeps only what listings filter and page on: per
+  request, the ``position`` of its first event, its ``request_id``, ``account_id``,
+  ``clickid`` and ``status``. Narrow rows keep a rebuild cheap (a copy of every request
+  would cost as much as the rest of the projections together).
+* :func:`list_postbacks` pages through the index and reads the entries' events from the
+  log (:meth:`~eventstore.base.EventStore.read_at`), so what it shows is what the log holds.
+
+One request may cause several events, all in one append, so at consecutive positions
+(the store's guarantee): an event whose ``request_id`` is that of the entry just before
+it (the latest row at a lower position) makes no row. That rule depends only on the log,
+not on how it is split into batches.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Final
-
-import orjson
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final
 
 from eventstore.base import RecordedEvent
 from projections.database import SqlConnection
 
+if TYPE_CHECKING:
+    from projections.runner import ProjectionRunner
+
+TABLE: Final = "postback_index"
 SCHEMA_SQL: Final[tuple[str, ...]] = (
-    """
-    CREATE TABLE IF NOT EXISTS postback_log (
-        request_id TEXT PRIMARY KEY,
-        position BIGINT NOT NULL,
+    f"""
+    CREATE TABLE IF NOT EXISTS {TABLE} (
+        position BIGINT PRIMARY KEY,
+        request_id TEXT NOT NULL,
         account_id BIGINT,
-        endpoint TEXT,
         clickid TEXT,
-        user_id TEXT,
-        spot TEXT,
-        goal TEXT,
-        txid TEXT,
-        status BIGINT NOT NULL,
-        ip TEXT,
-        method TEXT,
-        path TEXT,
-        query TEXT,
-        body TEXT,
-        received_at TEXT,
-        response BLOB
-    )
+        status BIGINT NOT NULL
+    ) WITHOUT ROWID
     """,
-    "CREATE INDEX IF NOT EXISTS postback_log_position ON postback_log (position)",
-    "CREATE INDEX IF NOT EXISTS postback_log_account ON postback_log (account_id, position)",
-    "CREATE INDEX IF NOT EXISTS postback_log_account_clickid"
-    " ON postback_log (account_id, clickid, position)",
-    "CREATE INDEX IF NOT EXISTS postback_log_account_status"
-    " ON postback_log (account_id, status, position)",
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_account ON {TABLE} (account_id, position)",
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_account_clickid"
+    f" ON {TABLE} (account_id, clickid, position)",
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_account_status ON {TABLE} (account_id, status, position)",
+    # The copy of every request that the projection ``postback_log`` kept before.
+    "DROP TABLE IF EXISTS postback_log",
 )
 
-_INSERT = (
-    "INSERT INTO postback_log (request_id, position, account_id, endpoint, clickid,"
-    " user_id, spot, goal, txid, status, ip, method, path, query, body, received_at, response)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+_INSERT: Final = (
+    f"INSERT INTO {TABLE} (position, request_id, account_id, clickid, status)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+_LATEST_BEFORE: Final = (
+    f"SELECT request_id FROM {TABLE} WHERE position < ? ORDER BY position DESC LIMIT 1"
 )
 
 _TEXT_FIELDS: Final = ("endpoint", "clickid", "user_id", "spot", "goal", "txid")
@@ -58,22 +63,12 @@ _REQUEST_FIELDS: Final = ("ip", "method", "path", "query", "body", "received_at"
 COLUMNS: Final[tuple[str, ...]] = (
     "position",
     "request_id",
-    "endpoint",
-    "clickid",
-    "user_id",
-    "spot",
-    "goal",
-    "txid",
+    *_TEXT_FIELDS,
     "status",
-    "ip",
-    "method",
-    "path",
-    "query",
-    "body",
-    "received_at",
+    *_REQUEST_FIELDS,
     "response",
 )
-"""The keys of a :func:`list_postbacks` row, in order."""
+"""The keys of a :func:`list_postbacks` entry, in order."""
 
 
 def _text(value: object) -> str | None:
@@ -84,49 +79,73 @@ def _int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def row_of(event: RecordedEvent) -> tuple[object, ...] | None:
-    """The ``postback_log`` row of ``event``, or None if no partner request caused it.
-
-    ``request_id`` falls back to the event id; ``status`` to the data's ``status`` (as in
-    ``PostbackRejected``); an event with no integer status anywhere has no row.
-    """
+def _request_of(event: RecordedEvent) -> tuple[dict[str, Any], str, int] | None:
+    """``(metadata.postback, request_id, status)``, or None if no partner request caused
+    ``event``. ``request_id`` falls back to the event id; ``status`` to the data's (as in
+    ``PostbackRejected``); an event with no integer status anywhere is no request."""
     postback = event.metadata.get("postback")
-    if not isinstance(postback, dict):
+    if type(postback) is not dict:
         return None
     status = _int(postback.get("status"))
     if status is None:
         status = _int(event.data.get("status"))
-    if status is None:
+        if status is None:
+            return None
+    request_id = postback.get("request_id")
+    if type(request_id) is not str or not request_id:
+        request_id = str(event.event_id)
+    return postback, request_id, status
+
+
+def row_of(event: RecordedEvent) -> tuple[int, str, int | None, str | None, int] | None:
+    """The index row of ``event`` (``position, request_id, account_id, clickid, status``),
+    or None if no partner request caused it."""
+    request = _request_of(event)
+    if request is None:
         return None
-    request_id = _text(postback.get("request_id")) or str(event.event_id)
-    response = postback.get("response")
-    return (
-        request_id,
-        event.position,
-        _int(event.data.get("account_id")),
-        *(_text(postback.get(key)) for key in _TEXT_FIELDS),
-        status,
-        *(_text(postback.get(key)) for key in _REQUEST_FIELDS),
-        None if response is None else orjson.dumps(response),
-    )
+    postback, request_id, status = request
+    account_id = _int(event.data.get("account_id"))
+    return event.position, request_id, account_id, _text(postback.get("clickid")), status
+
+
+def entry_of(event: RecordedEvent) -> dict[str, Any] | None:
+    """The JSON-ready entry of the request behind ``event`` (keys :data:`COLUMNS`), or None."""
+    request = _request_of(event)
+    if request is None:
+        return None
+    postback, request_id, status = request
+    entry: dict[str, Any] = {"position": event.position, "request_id": request_id}
+    entry.update((key, _text(postback.get(key))) for key in _TEXT_FIELDS)
+    entry["status"] = status
+    entry.update((key, _text(postback.get(key))) for key in _REQUEST_FIELDS)
+    entry["response"] = postback.get("response")
+    return entry
 
 
 class PostbackLogProjection:
     """See the module docstring. Stateless: any number of runners may share one."""
 
-    name = "postback_log"
+    name = TABLE
     schema_sql: Sequence[str] = SCHEMA_SQL
 
     def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
         rows = [row for row in map(row_of, events) if row is not None]
-        if rows:
-            conn.executemany(_INSERT, rows)
+        if not rows:
+            return
+        before = conn.execute(_LATEST_BEFORE, (rows[0][0],)).fetchone()
+        latest = None if before is None else before[0]
+        kept = []
+        for row in rows:
+            if row[1] != latest:
+                kept.append(row)
+                latest = row[1]
+        conn.executemany(_INSERT, kept)
 
     def reset(self, conn: SqlConnection) -> None:
-        conn.execute("DROP TABLE IF EXISTS postback_log")
+        conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
 
 
-def list_postbacks(
+def postback_positions(
     conn: SqlConnection,
     *,
     account_id: int | None,
@@ -134,13 +153,12 @@ def list_postbacks(
     status: int | None = None,
     after: int = 0,
     limit: int = 100,
-) -> list[dict[str, Any]]:
-    """Postback requests with a position greater than ``after``, oldest first, at most ``limit``.
+) -> list[int]:
+    """Positions of the requests after ``after``, oldest first, at most ``limit``.
 
-    ``account_id`` None is the admin view: every row, including those whose account is
-    unknown (NULL); otherwise only that account's rows. ``clickid`` and ``status`` filter
-    exactly. Rows are JSON-ready dicts with the keys of :data:`COLUMNS` (``response``
-    decoded). Run it through :meth:`projections.runner.ProjectionRunner.query`.
+    ``account_id`` None is the admin view: every request, including those whose account is
+    unknown (NULL); otherwise only that account's. ``clickid`` and ``status`` filter
+    exactly. Run it through :meth:`projections.runner.ProjectionRunner.query`.
     """
     if limit < 0:
         raise ValueError("limit must not be negative")
@@ -151,15 +169,29 @@ def list_postbacks(
             where.append(f"{column} = ?")
             params.append(value)
     params.append(limit)
-    sql = (
-        f"SELECT {', '.join(COLUMNS)} FROM postback_log WHERE {' AND '.join(where)}"
-        " ORDER BY position LIMIT ?"
+    sql = f"SELECT position FROM {TABLE} WHERE {' AND '.join(where)} ORDER BY position LIMIT ?"
+    return [int(position) for (position,) in conn.execute(sql, params).fetchall()]
+
+
+async def list_postbacks(
+    runner: ProjectionRunner,
+    *,
+    account_id: int | None,
+    clickid: str | None = None,
+    status: int | None = None,
+    after: int = 0,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """The requests of :func:`postback_positions` as JSON-ready entries (keys
+    :data:`COLUMNS`), read from the runner's log."""
+    find = partial(
+        postback_positions,
+        account_id=account_id,
+        clickid=clickid,
+        status=status,
+        after=after,
+        limit=limit,
     )
-    rows = conn.execute(sql, params).fetchall()
-    result: list[dict[str, Any]] = []
-    for row in rows:
-        item = dict(zip(COLUMNS, row, strict=True))
-        response = item["response"]
-        item["response"] = None if response is None else orjson.loads(response)
-        result.append(item)
-    return result
+    positions = await runner.query(find)
+    entries = map(entry_of, await runner.store.read_at(positions))
+    return [entry for entry in entries if entry is not None]

@@ -155,6 +155,11 @@ class ProjectionRunner:
     # -- state -----------------------------------------------------------------------
 
     @property
+    def store(self) -> EventStore:
+        """The log the projections are folded from."""
+        return self._store
+
+    @property
     def database(self) -> ProjectionDatabase:
         """Where the rows and checkpoints are."""
         return self._database

@@ -33,9 +33,8 @@ from eventstore.base import RecordedEvent, utc_from_micros
 from projections.database import SqlConnection, in_chunks
 from projections.goal_stats import (
     UNITS_PER_WHOLE,
+    amount_units,
     format_amount,
-    parse_amount,
-    split_units,
     to_us,
     units_to_decimal,
 )
@@ -162,8 +161,8 @@ class _Row:
         if goal == "reg":
             self.registered_us = at_us
         elif goal in DEPOSIT_GOALS:
-            parsed = parse_amount(amount)
-            whole, frac = split_units(parsed)
+            units = amount_units(amount)
+            whole, frac = units or (0, 0)
             self.deposit_count += 1
             self.deposit_whole, self.deposit_frac = divmod(
                 (self.deposit_whole + whole) * UNITS_PER_WHOLE + self.deposit_frac + frac,
@@ -172,7 +171,7 @@ class _Row:
             if goal == "dep":
                 self.first_deposit_us = at_us
                 self.first_deposit_whole, self.first_deposit_frac = (
-                    (None, None) if parsed is None else (whole, frac)
+                    (None, None) if units is None else (whole, frac)
                 )
         elif goal == "rebill":
             self.rebill_count += 1

@@ -131,8 +131,8 @@ def test_verify_names_a_corrupted_projection_row_and_rebuild_repairs_it(
         " WHERE account_id = ? AND spot_id = ? AND goal = ? AND hour_us = ?",
         tuple(key),
     )
-    (request_id,) = _sql(projections, "SELECT request_id FROM postback_log WHERE status = 404")[0]
-    _sql(projections, "UPDATE postback_log SET status = 200 WHERE request_id = ?", (request_id,))
+    (position,) = _sql(projections, "SELECT position FROM postback_index WHERE status = 404")[0]
+    _sql(projections, "UPDATE postback_index SET status = 200 WHERE position = ?", (position,))
 
     code, out, _ = run(capsys, "verify", "--db", db)
     assert code == 1
@@ -143,13 +143,13 @@ def test_verify_names_a_corrupted_projection_row_and_rebuild_repairs_it(
         f"changed row (account_id={account_id}, spot_id={spot_id}, goal={goal!r},"
         f" hour_us={hour_us}): count: live " in out
     )
-    assert "postback_log.postback_log: 1 changed" in out
-    assert f"changed row (request_id={request_id!r}): status: live 200, replay 404" in out
-    assert "verify: FAILED (projections differ: postback_log, goal_stats)" in out
+    assert "postback_index.postback_index: 1 changed" in out
+    assert f"changed row (position={position}): status: live 200, replay 404" in out
+    assert "verify: FAILED (projections differ: postback_index, goal_stats)" in out
 
-    code, out, err = run(capsys, "rebuild", "--db", db, "goal_stats", "postback_log")
+    code, out, err = run(capsys, "rebuild", "--db", db, "goal_stats", "postback_index")
     assert code == 0, err
-    assert "rebuilt goal_stats, postback_log" in out
+    assert "rebuilt goal_stats, postback_index" in out
     assert "rebuild [" in err
     assert run(capsys, "verify", "--db", db)[0] == 0
 
@@ -157,15 +157,15 @@ def test_verify_names_a_corrupted_projection_row_and_rebuild_repairs_it(
 def test_verify_reports_missing_and_extra_rows(capsys: pytest.CaptureFixture[str], db: str) -> None:
     assert run(capsys, "verify", "--db", db)[0] == 0
     projections = projections_path(db)
-    (request_id,) = _sql(projections, "SELECT request_id FROM postback_log LIMIT 1")[0]
-    _sql(projections, "DELETE FROM postback_log WHERE request_id = ?", (request_id,))
+    (position,) = _sql(projections, "SELECT position FROM postback_index LIMIT 1")[0]
+    _sql(projections, "DELETE FROM postback_index WHERE position = ?", (position,))
     (moved,) = _sql(projections, "SELECT MIN(position) FROM goal_facts")[0]
     _sql(projections, "UPDATE goal_facts SET position = ? WHERE position = ?", (10**6, moved))
 
     code, out, _ = run(capsys, "verify", "--db", db)
     assert code == 1
-    assert "postback_log.postback_log: 1 missing" in out
-    assert f"missing row (request_id={request_id!r}): in the replay, not in the live table" in out
+    assert "postback_index.postback_index: 1 missing" in out
+    assert f"missing row (position={position}): in the replay, not in the live table" in out
     assert "goal_stats.goal_facts: 1 missing, 1 extra" in out
     assert f"missing row (position={moved}): in the replay" in out
     assert "extra row (position=1000000): in the live table, not in the replay" in out

@@ -25,6 +25,7 @@ from projections.database import SqlConnection
 from projections.goal_stats import (
     HOUR_US,
     GoalStatsProjection,
+    amount_units,
     fact_of,
     format_amount,
     parse_amount,
@@ -133,6 +134,11 @@ def facts(conn: SqlConnection) -> list[tuple[Any, ...]]:
         ("NaN", None),
         ("Infinity", None),
         ("1e15", None),
+        ("1E1000000", None),  # beyond the decimal context: None, not an Overflow
+        ("-1E1000000", None),
+        ("0E1000000", Decimal(0)),
+        ("1E-1000000", Decimal(0)),
+        (10**100, None),
         (True, None),
         (1.5, None),
     ],
@@ -156,6 +162,25 @@ def test_parse_amount(raw: object, expected: Decimal | None) -> None:
 def test_split_units_round_trips(amount: str, units: tuple[int, int]) -> None:
     assert split_units(Decimal(amount)) == units
     assert units_to_decimal(*units) == Decimal(amount)
+    assert amount_units(amount) == units
+
+
+def _split_parsed(value: object) -> tuple[int, int] | None:
+    parsed = parse_amount(value)
+    return None if parsed is None else split_units(parsed)
+
+
+@settings(max_examples=500, deadline=None, database=None, derandomize=True)
+@given(
+    st.decimals(allow_nan=True, allow_infinity=True).map(str)
+    | st.text(alphabet="-+0123456789.eE ", max_size=30)
+    | st.integers().map(str)
+    | st.integers()
+    | st.none()
+)
+def test_amount_units_is_split_units_of_parse_amount(value: object) -> None:
+    # The text fast path (no Decimal) must agree with the general one on every input.
+    assert amount_units(value) == _split_parsed(value)
 
 
 def test_format_amount() -> None:

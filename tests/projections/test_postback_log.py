@@ -1,4 +1,4 @@
-"""The postback_log projection and list_postbacks."""
+"""The postback_index projection and list_postbacks (entries read from the log)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ import pytest
 
 from eventstore.base import NewEvent, RecordedEvent
 from eventstore.sqlite import SQLiteEventStore
-from projections.postback_log import COLUMNS, PostbackLogProjection, list_postbacks, row_of
+from projections.postback_log import (
+    COLUMNS,
+    PostbackLogProjection,
+    entry_of,
+    list_postbacks,
+    row_of,
+)
 from projections.runner import ProjectionRunner
 from tests.projections.conftest import RunnerFactory
 from tests.projections.helpers import event, goal_reached, postback_meta, rejected
@@ -26,7 +32,7 @@ async def listed(runner: ProjectionRunner, **filters: Any) -> list[dict[str, Any
         "limit": 100,
     }
     arguments.update(filters)
-    return await runner.query(lambda conn: list_postbacks(conn, **arguments))
+    return await list_postbacks(runner, **arguments)
 
 
 @pytest.fixture
@@ -123,6 +129,19 @@ async def test_one_request_two_events_one_row(
     assert [(r["request_id"], r["position"]) for r in rows] == [("same", 1)]
 
 
+async def test_a_request_id_seen_again_later_makes_a_new_row(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    # Only adjacent events are one request: the same id after another request is a new
+    # entry (the service never writes that; the rule only has to be the same for any split).
+    for request_id in ("a", "b", "a", "a"):
+        await store.append("postback-log", [rejected(1, postback_meta(request_id, status=404))])
+    runner = make_runner([PostbackLogProjection()], batch_size=1)
+    await runner.catch_up()
+    rows = await listed(runner)
+    assert [(r["request_id"], r["position"]) for r in rows] == [("a", 1), ("b", 2), ("a", 3)]
+
+
 async def test_run_lists_a_postback_once_it_is_appended(
     store: SQLiteEventStore, make_runner: RunnerFactory
 ) -> None:
@@ -152,11 +171,22 @@ def recorded_event(data: dict[str, Any], metadata: dict[str, Any]) -> RecordedEv
 
 def test_row_of_edge_cases() -> None:
     assert row_of(recorded_event({"account_id": 1}, {})) is None
+    assert entry_of(recorded_event({"account_id": 1}, {})) is None
     assert row_of(recorded_event({"account_id": 1}, {"postback": "text"})) is None
     # no status in the metadata: the data's (PostbackRejected); none at all: no row
-    row = row_of(recorded_event({"account_id": True, "status": 400}, {"postback": {}}))
-    assert row is not None
-    assert row[0] == str(uuid.UUID(int=5))  # no request_id: the event id
-    assert row[2] is None  # a bool is not an account id
-    assert row[9] == 400
+    event = recorded_event({"account_id": True, "status": 400}, {"postback": {}})
+    assert row_of(event) == (7, str(uuid.UUID(int=5)), None, None, 400)  # no request_id: the
+    # event id; a bool is not an account id
+    entry = entry_of(event)
+    assert entry is not None
+    assert entry["request_id"] == str(uuid.UUID(int=5))
+    assert entry["status"] == 400
+    assert entry["response"] is None
     assert row_of(recorded_event({}, {"postback": {"status": "200"}})) is None
+    assert row_of(recorded_event({}, {"postback": {"status": 200, "request_id": ""}})) == (
+        7,
+        str(uuid.UUID(int=5)),
+        None,
+        None,
+        200,
+    )

@@ -197,13 +197,13 @@ async def test_live_projections_against_a_fresh_replay(
 
         live = projection_db.connect("live")
         live.execute("UPDATE goal_facts SET amount_whole = 7 WHERE goal = 'dep'")
-        live.execute("UPDATE projection_checkpoints SET position = 2 WHERE name = 'postback_log'")
+        live.execute("UPDATE projection_checkpoints SET position = 2 WHERE name = 'postback_index'")
         diffs = compare_projections(live, projection_db.connect("fresh"), all_projections())
         assert diffs == await compare_databases(live_runner.database, in_file, all_projections())
     finally:
         await file_runner.close()
     bad = {d.name: d for d in diffs if not d.ok}
-    assert set(bad) == {"goal_stats", "postback_log"}
+    assert set(bad) == {"goal_stats", "postback_index"}
     facts = next(t for t in bad["goal_stats"].tables if t.table == "goal_facts")
     assert facts.changed == 1
     report = "\n".join(format_report(diffs))
