@@ -81,9 +81,15 @@ class NewEvent:
     schema_version: int = 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RecordedEvent:
-    """An event as stored in the log (after upcasting, when an upcaster applies)."""
+    """An event as stored in the log (after upcasting, when an upcaster applies).
+
+    Read-only by convention: readers may share one instance, so never assign to its
+    fields. Not a frozen dataclass because every read builds one per event, and a frozen
+    ``__init__`` (``object.__setattr__`` per field) cost 1 µs of the 5 µs it takes to
+    decode a stored row here.
+    """
 
     position: int
     stream: str
