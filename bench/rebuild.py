@@ -11,9 +11,10 @@ Run from the repository root::
    requests a tracker sends: ``ContactRecorded``, ``GoalReached`` (reg, dep with
    ``PlayerIdAssigned`` in the same request, redep, rebill, custom goals, with amounts) and
    some ``PostbackRejected``; every request's events carry ``metadata.postback``.
-2. In a child process (so its peak RSS is its own): a full ``ProjectionRunner.rebuild()`` of
-   ``projections.catalog.all_projections()`` into a fresh projections file; events/s and
-   peak RSS (``resource.getrusage``).
+2. In a child process (so its peak RSS is its own): ``postback rebuild --db <log>``, the
+   operator's command (a full rebuild of ``projections.catalog.all_projections()`` into a
+   fresh projections file beside the log), timed from outside; events/s and peak RSS
+   (``resource.getrusage``).
 3. In another child process: a bare loop over the same ``events`` table with ``sqlite3``
    that ``orjson``-decodes each event's data and folds it into in-memory counters.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -49,8 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from eventstore.base import NewEvent
 from eventstore.sqlite import SQLiteEventStore
+from postback.cli import main as cli_main
+from postback.runtime import tune_process
 from projections.catalog import all_projections
-from projections.runner import ProjectionRunner
 
 TARGET_RATE = 200_000.0
 TARGET_RATIO = 0.15
@@ -229,6 +232,13 @@ async def generate(path: Path, events: int, subscribers: int, seed: int) -> int:
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak RSS. Linux: ``VmHWM``, which starts afresh at ``exec`` (the
+    ``ru_maxrss`` of ``getrusage`` carries over the peak of the parent that forked us,
+    here the generator's); elsewhere ``ru_maxrss``."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
@@ -237,23 +247,19 @@ def _remove_db(path: Path) -> None:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
-async def _rebuild(db: Path, batch_size: int) -> dict[str, Any]:
-    projections_file = db.with_name("bench.projections.db")
+def _rebuild(db: Path, batch_size: int) -> dict[str, Any]:
+    """``postback rebuild`` as an operator runs it (the command's process settings, its
+    progress bar on stderr), timed from the outside: opening the log included."""
+    projections_file = db.with_name("bench.projections.db")  # the command's default place
     _remove_db(projections_file)
-    store = await SQLiteEventStore.open(db, poll_interval=None)
-    try:
-        runner = ProjectionRunner(
-            store, all_projections(), batch_size=batch_size, path=projections_file
-        )
-        try:
-            await runner.open()
-            started = time.perf_counter()
-            position = await runner.rebuild()
-            seconds = time.perf_counter() - started
-        finally:
-            await runner.close()
-    finally:
-        await store.close()
+    tune_process()
+    argv = ["rebuild", "--db", str(db), "--batch-size", str(batch_size)]
+    started = time.perf_counter()
+    if cli_main(argv) != 0:
+        raise SystemExit(f"postback {' '.join(argv)} failed")
+    seconds = time.perf_counter() - started
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        (position,) = conn.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()
     return {
         "events": position,
         "seconds": seconds,
@@ -306,9 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.phase is not None:
         db = Path(args.db)
-        result = (
-            asyncio.run(_rebuild(db, args.batch_size)) if args.phase == "rebuild" else _bare(db)
-        )
+        result = _rebuild(db, args.batch_size) if args.phase == "rebuild" else _bare(db)
         print(json.dumps(result))
         return 0
 

@@ -1,5 +1,5 @@
 import sys
 
-from postback.cli import main
+from postback.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

@@ -23,6 +23,7 @@ from postback.backend import LogUnavailableError, MissingLogError, describe
 from postback.config import Config, ConfigError
 from postback.demo import run_demo
 from postback.offline import create_account_offline
+from postback.runtime import tune_process
 from postback.signals import stop_on_signals
 
 
@@ -118,6 +119,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EventStoreError as exc:
         print(f"postback: {exc}", file=sys.stderr)
         return 1
+
+
+def entry() -> int:
+    """The ``postback`` command: :func:`main` in a process tuned for it
+    (:mod:`postback.runtime`)."""
+    tune_process()
+    return main()
 
 
 def _dispatch(args: argparse.Namespace, config: Config) -> int:
