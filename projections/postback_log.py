@@ -45,8 +45,12 @@ SCHEMA_SQL: Final[tuple[str, ...]] = (
     f"CREATE INDEX IF NOT EXISTS {TABLE}_account_clickid"
     f" ON {TABLE} (account_id, clickid, position)",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_account_status ON {TABLE} (account_id, status, position)",
-    # The copy of every request that the projection ``postback_log`` kept before.
+    # The copy of every request that the projection ``postback_log`` kept before, and its
+    # checkpoint: an older version started again on this file must rebuild it from 0, not
+    # take an empty table for an applied one. (The checkpoint table exists: the runner
+    # creates it before any projection's schema.)
     "DROP TABLE IF EXISTS postback_log",
+    "DELETE FROM projection_checkpoints WHERE name = 'postback_log'",
 )
 
 _INSERT: Final = (

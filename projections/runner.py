@@ -111,7 +111,7 @@ class ProjectionRunner:
         task = asyncio.create_task(runner.run())
         ...
         await runner.wait_until(result.last_position)   # read your own writes
-        rows = await runner.query(lambda conn: list_postbacks(conn, ...))
+        rows = await runner.query(lambda conn: query_stats(conn, ...))
         await runner.close()                           # stops run() too
     """
 

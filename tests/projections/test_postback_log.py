@@ -11,6 +11,8 @@ import pytest
 
 from eventstore.base import NewEvent, RecordedEvent
 from eventstore.sqlite import SQLiteEventStore
+from projections.checkpoints import read_checkpoints
+from projections.database import SqlConnection
 from projections.postback_log import (
     COLUMNS,
     PostbackLogProjection,
@@ -140,6 +142,35 @@ async def test_a_request_id_seen_again_later_makes_a_new_row(
     await runner.catch_up()
     rows = await listed(runner)
     assert [(r["request_id"], r["position"]) for r in rows] == [("a", 1), ("b", 2), ("a", 3)]
+
+
+async def test_the_old_full_copy_and_its_checkpoint_are_removed(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    # A projections database of the version that kept ``postback_log`` (a copy of each
+    # request): its table and checkpoint go, so that version, started again on the same
+    # database, would rebuild it rather than trust an empty table.
+    await store.append("subscriber-1", [goal_reached(1, postback_meta("r1"))])
+    old = make_runner([PostbackLogProjection()])
+    await old.open()
+
+    def old_version(conn: SqlConnection) -> None:
+        conn.execute("CREATE TABLE postback_log (request_id TEXT PRIMARY KEY)")
+        conn.execute(
+            "INSERT INTO projection_checkpoints (name, position, updated_at)"
+            " VALUES ('postback_log', 1, 'then')"
+        )
+
+    await old.database.transaction(old_version)
+    await old.close()
+    runner = make_runner([PostbackLogProjection()])
+    await runner.catch_up()
+    assert "postback_log" not in await runner.query(read_checkpoints)
+    # the table is gone: creating it again works
+    await runner.database.transaction(
+        lambda conn: conn.execute("CREATE TABLE postback_log (request_id TEXT)")
+    )
+    assert [r["request_id"] for r in await listed(runner)] == ["r1"]
 
 
 async def test_run_lists_a_postback_once_it_is_appended(
