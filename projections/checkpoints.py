@@ -43,12 +43,21 @@ def read_checkpoints(conn: SqlConnection) -> dict[str, int]:
     return {str(name): int(position) for name, position in rows}
 
 
+def read_indexes(projection: Projection) -> Sequence[str]:
+    """The projection's optional ``read_indexes``: ``CREATE INDEX IF NOT EXISTS``
+    statements that only readers use (its ``apply_batch`` never needs them), so a rebuild
+    creates them once at the end instead of maintaining them row by row."""
+    indexes: Sequence[str] = getattr(projection, "read_indexes", ())
+    return indexes
+
+
 def setup(conn: SqlConnection, projections: Sequence[Projection]) -> dict[str, int]:
-    """Create the tables (``schema_sql``) and a checkpoint at 0 for each new projection."""
+    """Create the tables (``schema_sql``, then ``read_indexes``) and a checkpoint at 0 for
+    each new projection."""
     conn.execute(CHECKPOINTS_SQL)
     now = _now()
     for projection in projections:
-        for statement in projection.schema_sql:
+        for statement in (*projection.schema_sql, *read_indexes(projection)):
             conn.execute(statement)
     conn.executemany(_CREATE, [(projection.name, now) for projection in projections])
     return read_checkpoints(conn)
@@ -83,12 +92,26 @@ def apply(
     return reached
 
 
-def reset(conn: SqlConnection, projections: Sequence[Projection]) -> dict[str, int]:
-    """Empty the projections (``reset``, then ``schema_sql`` again), checkpoints at 0."""
+def reset(
+    conn: SqlConnection, projections: Sequence[Projection], *, defer_indexes: bool = False
+) -> dict[str, int]:
+    """Empty the projections (``reset``, then ``schema_sql`` again), checkpoints at 0.
+
+    ``defer_indexes``: leave out the ``read_indexes`` (a rebuild creates them with
+    :func:`create_read_indexes` once caught up; should it stop before, the next
+    :func:`setup` creates them)."""
     now = _now()
     for projection in projections:
         projection.reset(conn)
-        for statement in projection.schema_sql:
+        now_too = () if defer_indexes else read_indexes(projection)
+        for statement in (*projection.schema_sql, *now_too):
             conn.execute(statement)
     conn.executemany(_SAVE, [(projection.name, 0, now) for projection in projections])
     return read_checkpoints(conn)
+
+
+def create_read_indexes(conn: SqlConnection, projections: Sequence[Projection]) -> None:
+    """Create the ``read_indexes`` of ``projections`` (those a rebuild deferred)."""
+    for projection in projections:
+        for statement in read_indexes(projection):
+            conn.execute(statement)

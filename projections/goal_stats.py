@@ -66,8 +66,7 @@ SCHEMA_SQL: Final[tuple[str, ...]] = (
         amount_frac BIGINT NOT NULL
     ) WITHOUT ROWID
     """,
-    "CREATE INDEX IF NOT EXISTS goal_facts_account_time ON goal_facts (account_id, recorded_us)",
-    "CREATE INDEX IF NOT EXISTS goal_facts_time ON goal_facts (recorded_us)",
+    # apply_batch's uniqueness check reads the facts by subscriber.
     "CREATE INDEX IF NOT EXISTS goal_facts_subscriber ON goal_facts (subscriber_id, recorded_us)",
     """
     CREATE TABLE IF NOT EXISTS goal_stats_hourly (
@@ -83,6 +82,12 @@ SCHEMA_SQL: Final[tuple[str, ...]] = (
     ) WITHOUT ROWID
     """,
 )
+
+READ_INDEXES: Final[tuple[str, ...]] = (
+    "CREATE INDEX IF NOT EXISTS goal_facts_account_time ON goal_facts (account_id, recorded_us)",
+    "CREATE INDEX IF NOT EXISTS goal_facts_time ON goal_facts (recorded_us)",
+)
+"""For statistics queries only (:mod:`projections.stats_query`)."""
 
 _INSERT_FACT = (
     "INSERT INTO goal_facts (position, account_id, spot_id, goal, subscriber_id,"
@@ -272,6 +277,7 @@ class GoalStatsProjection:
 
     name = "goal_stats"
     schema_sql: Sequence[str] = SCHEMA_SQL
+    read_indexes: Sequence[str] = READ_INDEXES
 
     def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
         facts = [fact for fact in map(fact_of, events) if fact is not None]

@@ -41,10 +41,6 @@ SCHEMA_SQL: Final[tuple[str, ...]] = (
         status BIGINT NOT NULL
     ) WITHOUT ROWID
     """,
-    f"CREATE INDEX IF NOT EXISTS {TABLE}_account ON {TABLE} (account_id, position)",
-    f"CREATE INDEX IF NOT EXISTS {TABLE}_account_clickid"
-    f" ON {TABLE} (account_id, clickid, position)",
-    f"CREATE INDEX IF NOT EXISTS {TABLE}_account_status ON {TABLE} (account_id, status, position)",
     # The copy of every request that the projection ``postback_log`` kept before, and its
     # checkpoint: an older version started again on this file must rebuild it from 0, not
     # take an empty table for an applied one. (The checkpoint table exists: the runner
@@ -52,6 +48,13 @@ SCHEMA_SQL: Final[tuple[str, ...]] = (
     "DROP TABLE IF EXISTS postback_log",
     "DELETE FROM projection_checkpoints WHERE name = 'postback_log'",
 )
+READ_INDEXES: Final[tuple[str, ...]] = (
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_account ON {TABLE} (account_id, position)",
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_account_clickid"
+    f" ON {TABLE} (account_id, clickid, position)",
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_account_status ON {TABLE} (account_id, status, position)",
+)
+"""For listings only (``apply_batch`` reads the table by its key)."""
 
 _INSERT: Final = (
     f"INSERT INTO {TABLE} (position, request_id, account_id, clickid, status)"
@@ -131,6 +134,7 @@ class PostbackLogProjection:
 
     name = TABLE
     schema_sql: Sequence[str] = SCHEMA_SQL
+    read_indexes: Sequence[str] = READ_INDEXES
 
     def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
         rows = [row for row in map(row_of, events) if row is not None]

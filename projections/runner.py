@@ -64,7 +64,14 @@ class Projection(Protocol):
 
     @property
     def schema_sql(self) -> Sequence[str]:
-        """``CREATE TABLE/INDEX IF NOT EXISTS`` statements, run when the runner opens."""
+        """``CREATE TABLE/INDEX IF NOT EXISTS`` statements, run when the runner opens.
+
+        A projection may also have ``read_indexes``: ``CREATE INDEX IF NOT EXISTS``
+        statements for indexes that only its readers use, never ``apply_batch``. They are
+        created with the tables, except by :meth:`ProjectionRunner.rebuild`, which
+        creates them once it has caught up (building an index over the finished table is
+        cheaper than keeping it up to date row by row).
+        """
 
     def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
         """Fold ``events`` (consecutive, in position order, all after the checkpoint)."""
@@ -352,7 +359,9 @@ class ProjectionRunner:
         """Reset the projections named (all by default) and apply the log again from 0.
 
         The reset commits first: until the rebuild catches up, readers see partial rows
-        (and :attr:`lag` shows how far it is). Returns the position reached.
+        (and :attr:`lag` shows how far it is), and the projections' ``read_indexes`` are
+        missing (created at the end, or when a runner next opens the database, should
+        the rebuild stop before). Returns the position reached.
         """
         chosen = [p for p in self._projections if names is None or p.name in names]
         unknown = set(names or ()) - {p.name for p in chosen}
@@ -360,10 +369,12 @@ class ProjectionRunner:
             raise ValueError(f"unknown projections: {sorted(unknown)}")
         database = await self._ready()
         async with self._apply_lock:
-            reset = partial(checkpoints.reset, projections=chosen)
+            reset = partial(checkpoints.reset, projections=chosen, defer_indexes=True)
             stored = await database.transaction(reset, notify=True)
             self._checkpoints.update({p.name: stored.get(p.name, 0) for p in chosen})
-        return await self.catch_up()
+        position = await self.catch_up()
+        await database.transaction(partial(checkpoints.create_read_indexes, projections=chosen))
+        return position
 
     async def close(self) -> None:
         """Stop :meth:`run`, wait for it, close the connections. Idempotent."""

@@ -348,3 +348,50 @@ async def test_after_run_fails_reads_still_answer(
         lambda conn: conn.execute("SELECT position FROM recording").fetchall()
     )
     assert rows == []  # the failed batch was rolled back; position 1 with it
+
+
+def index_names(conn: SqlConnection, table: str) -> set[str]:
+    if dialect_of(conn) == "postgres":
+        sql = (
+            "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = ?"
+        )
+    else:
+        sql = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?"
+    return {str(name) for (name,) in conn.execute(sql, (table,)).fetchall()}
+
+
+class WithReadIndex:
+    """Records, at each batch, which of its table's indexes exist."""
+
+    name = "indexed"
+    schema_sql = ("CREATE TABLE IF NOT EXISTS indexed (position BIGINT PRIMARY KEY, n BIGINT)",)
+    read_indexes = ("CREATE INDEX IF NOT EXISTS indexed_by_n ON indexed (n, position)",)
+
+    def __init__(self) -> None:
+        self.seen: list[bool] = []
+
+    def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
+        self.seen.append("indexed_by_n" in index_names(conn, "indexed"))
+        conn.executemany(
+            "INSERT INTO indexed (position, n) VALUES (?, ?)",
+            [(e.position, e.data["i"]) for e in events],
+        )
+
+    def reset(self, conn: SqlConnection) -> None:
+        conn.execute("DROP TABLE IF EXISTS indexed")
+
+
+async def test_a_rebuild_creates_read_indexes_once_caught_up(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    await append_n(store, 6)
+    projection = WithReadIndex()
+    runner = make_runner([projection], batch_size=2)
+    await runner.catch_up()
+    assert projection.seen == [True, True, True]  # created with the table
+    projection.seen.clear()
+    assert await runner.rebuild() == 6
+    assert projection.seen == [False, False, False]  # maintained by nobody while rebuilding
+    assert await runner.query(lambda conn: index_names(conn, "indexed")) >= {"indexed_by_n"}
+    rows = await runner.query(lambda conn: conn.execute("SELECT COUNT(*) FROM indexed").fetchone())
+    assert rows[0] == 6
