@@ -2,8 +2,10 @@
 
 Both use :func:`postback.backend.projection_runner`, so the projections go where ``serve``
 keeps them (beside an SQLite log, or in the PostgreSQL schema of the log) and a projection
-added to the catalogue is rebuilt and followed with no change here. ``postback verify`` is
-in :mod:`postback.cli_verify`. Progress goes to stderr, results to stdout.
+added to the catalogue is rebuilt and followed with no change here. ``project`` also runs
+the outbox beside its runner, as ``serve`` does (unless ``POSTBACK_OUTBOX=off``), so
+``serve --no-projections`` plus ``project`` still sends. ``postback verify`` is in
+:mod:`postback.cli_verify`. Progress goes to stderr, results to stdout.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
+from eventstore.base import EventStore
 from postback.backend import describe, open_store, projection_runner
 from postback.cli_progress import LogView, ProgressBar
 from postback.config import Config
+from postback.metrics import Metrics
+from postback.outbox import Outbox, sending
 from postback.signals import stop_on_signals
 from projections.catalog import all_projections
 from projections.runner import ProjectionRunner
@@ -27,6 +32,10 @@ from projections.runner import ProjectionRunner
 def _fail(message: str, code: int) -> int:
     print(f"postback: {message}", file=sys.stderr)
     return code
+
+
+def _say(message: str) -> None:
+    print(f"postback: {message}", file=sys.stderr, flush=True)
 
 
 # -- rebuild ----------------------------------------------------------------------------------
@@ -79,9 +88,6 @@ class _Narrator:
         self.announced = -1
         self.following = False
 
-    def _say(self, message: str) -> None:
-        print(f"postback: {message}", file=sys.stderr, flush=True)
-
     def head(self, _head: int) -> None:
         """The runner looked at the log's head: is it leading or following now?"""
         if self.runner is None:
@@ -89,7 +95,7 @@ class _Narrator:
         leading = self.runner.is_leader
         if not leading and not self.following:
             self.following = True
-            self._say(
+            _say(
                 f"another runner leads these projections (a serve, or another project);"
                 f" following its checkpoints at position {self.runner.position:,}"
                 " until it stops, then taking over"
@@ -97,7 +103,7 @@ class _Narrator:
         elif leading and self.following:
             self.following = False
             self.bar = None
-            self._say(f"now leading the projections, from position {self.runner.position:,}")
+            _say(f"now leading the projections, from position {self.runner.position:,}")
 
     def progress(self, position: int, head: int) -> None:
         """The runner applied up to ``position``; the log's head is ``head``."""
@@ -106,10 +112,28 @@ class _Narrator:
         if position >= head and position != self.announced:
             self.announced = position
             self.bar.finish(position, head)
-            self._say(f"projections caught up at position {position:,}; following the log")
+            _say(f"projections caught up at position {position:,}; following the log")
             self.bar = ProgressBar("project", start=position)
         else:
             self.bar.update(position, head)
+
+
+@contextlib.asynccontextmanager
+async def _sending(
+    store: EventStore, runner: ProjectionRunner, config: Config
+) -> AsyncIterator[None]:
+    """Run an outbox beside ``runner`` (as :func:`postback.outbox.running` does in
+    ``serve``) while leading, unless ``POSTBACK_OUTBOX=off``; on leaving, close it
+    gracefully (sends under way finish and are recorded) while the runner still runs."""
+    if not config.outbox:
+        _say("the outbox is off (POSTBACK_OUTBOX=off): nothing is sent from this process")
+        yield
+        return
+    # No /metrics here: the outbox's metrics stay in this process's own registry.
+    outbox = Outbox(store, runner, config, metrics=Metrics(), is_leader=lambda: runner.is_leader)
+    _say("sending the outbox (Facebook, Telegram, webhooks) while leading")
+    async with sending(outbox):
+        yield
 
 
 async def _project(config: Config, batch_size: int) -> int:
@@ -131,7 +155,8 @@ async def _project(config: Config, batch_size: int) -> int:
         task = loop.create_task(runner.run())
         stopping = loop.create_task(stop.wait())
         try:
-            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            async with _sending(store, runner, config):
+                await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
             runner.stop()
             await task  # raises what ended run(), if anything did
         finally:

@@ -436,6 +436,14 @@ async def running(app: web.Application, runner: ProjectionRunner) -> AsyncIterat
         is_leader=lambda: runner.is_leader,
     )
     app[OUTBOX] = outbox
+    async with sending(outbox):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def sending(outbox: Outbox) -> AsyncIterator[None]:
+    """Run ``outbox`` as a task for the duration; on leaving, close it gracefully (sends
+    under way finish and are recorded) and log how it ended if it failed."""
     task = asyncio.get_running_loop().create_task(outbox.run())
     try:
         yield
