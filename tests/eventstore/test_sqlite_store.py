@@ -152,3 +152,72 @@ async def test_a_failed_batch_transaction_leaves_no_trace(tmp_path: Path) -> Non
         assert_gap_free(everything)
         assert_chain(everything)
         assert (await store.verify()).ok
+
+
+# -- small reads inline on the loop's thread, the rest in the reader's worker thread -------
+
+
+async def _reads_in_thread(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record each read that went to a worker thread (by the store's module function)."""
+    import eventstore.sqlite as module
+
+    hops: list[str] = []
+    real = module.run_in_thread
+
+    async def counting(conn: Any, fn: Any) -> Any:
+        hops.append(getattr(fn, "keywords", {}).get("sql", "other")[:40])
+        return await real(conn, fn)
+
+    monkeypatch.setattr(module, "run_in_thread", counting)
+    return hops
+
+
+async def test_small_reads_are_inline_and_big_ones_go_to_the_reader_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with await SQLiteEventStore.open(tmp_path / "r.db", poll_interval=None) as store:
+        await store.append("small", [new(i=i) for i in range(5)])
+        big = await store.append("big", [new(i=i) for i in range(200)])
+        hops = await _reads_in_thread(monkeypatch)
+
+        small = await store.read_stream("small")
+        assert [e.data["i"] for e in small] == list(range(5))
+        assert (await store.get_event(small[2].event_id)) == small[2]
+        assert await store.stream_version("small") == 5
+        assert await store.last_position() == big.last_position
+        assert [e.data["i"] for e in await store.read_stream("big", 150, 20)] == list(
+            range(149, 169)
+        )
+        assert hops == []  # none of these left the loop's thread
+
+        everything = await store.read_stream("big")  # more rows than an inline read takes
+        assert [e.data["i"] for e in everything] == list(range(200))
+        assert len(hops) == 1
+        assert await store.read_all(0, 10) == (await read_everything(store))[:10]
+        assert len(hops) >= 2  # the log in bulk always goes to the thread
+
+
+class _BusyConnection:
+    """Stands in for the inline connection while another process holds a lock."""
+
+    def execute(self, *_: Any) -> Any:
+        raise sqlite3.OperationalError("database is locked")
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_read_that_would_wait_goes_to_the_reader_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with await SQLiteEventStore.open(tmp_path / "b.db", poll_interval=None) as store:
+        first = await store.append("s", [new(i=1), new(i=2)])
+        inline, store._inline = store._inline, _BusyConnection()  # type: ignore[assignment]
+        try:
+            hops = await _reads_in_thread(monkeypatch)
+            assert [e.data["i"] for e in await store.read_stream("s")] == [1, 2]
+            assert await store.stream_version("s") == 2
+            assert await store.last_position() == first.last_position
+            assert len(hops) == 3
+        finally:
+            store._inline = inline
