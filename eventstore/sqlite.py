@@ -377,7 +377,12 @@ class SQLiteEventStore(EventStore):
     async def last_position(self) -> int:
         row = await self._fetch_one("SELECT position FROM chain_head", ())
         position = int(row[0]) if row else 0
-        self._last_committed = max(self._last_committed, position)
+        if position > self._last_committed:
+            # Appends by another process on the file: wake wait_for_events now (a process
+            # told of them, e.g. by a pipe, need not wait for its next poll).
+            self._last_committed = position
+            self._new_events.set()
+            self._new_events = asyncio.Event()
         return self._last_committed
 
     async def wait_for_events(self, after: int, timeout: float | None = None) -> int:

@@ -162,6 +162,11 @@ class ProjectionDatabase(abc.ABC):
         checkpoints or to try :meth:`lead` again, whichever comes first."""
         await asyncio.sleep(1.0)
 
+    def note_change(self) -> None:
+        """Another process says it committed checkpoints: wake the followers now (where
+        the database cannot tell them itself; PostgreSQL's NOTIFY does, so it ignores it)."""
+        return None
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Release every connection (and the leadership). Idempotent; :meth:`open` may
@@ -206,6 +211,9 @@ def _transaction(conn: sqlite3.Connection, fn: Callable[[SqlConnection], T]) -> 
     return result
 
 
+_FOLLOW_REREAD = 1.0
+
+
 class SQLiteProjectionDatabase(ProjectionDatabase):
     """Projections in an SQLite file of their own (WAL, ``synchronous=NORMAL``).
 
@@ -227,10 +235,28 @@ class SQLiteProjectionDatabase(ProjectionDatabase):
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self._lead_fd: int | None = None
+        self._changes = 0
+        self._changed = asyncio.Event()
 
     @property
     def is_leader(self) -> bool:
         return self._lead_fd is not None
+
+    @property
+    def changes(self) -> int:
+        return self._changes
+
+    def note_change(self) -> None:
+        self._changes += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_for_change(self, seen: int) -> None:
+        """Until :meth:`note_change` is called, or a second has passed (a follower on
+        SQLite re-reads the checkpoints at least that often, should a word be lost)."""
+        if self._changes == seen:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), _FOLLOW_REREAD)
 
     async def lead(self, names: Sequence[str]) -> bool:
         if self._lead_fd is None and sys.platform != "win32":

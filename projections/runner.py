@@ -20,6 +20,12 @@ of their own beside the log, or ``database=PostgresProjectionDatabase(dsn)``.
   whose process sends the outbox's deliveries.
   :meth:`~ProjectionRunner.catch_up` and :meth:`~ProjectionRunner.rebuild` apply whoever
   calls them (safe by the two rules above).
+* A runner made with ``follow_only=True`` never applies in :meth:`~ProjectionRunner.run`,
+  on either backend: it only follows the checkpoints that another process commits (the
+  ``postback serve`` whose projections run in a child ``postback project``), so that
+  :meth:`~ProjectionRunner.wait_until`, :attr:`~ProjectionRunner.position` and
+  :attr:`~ProjectionRunner.lag` still tell how far the projections are. On SQLite that
+  process's word (:meth:`~projections.database.ProjectionDatabase.note_change`) wakes it.
 * Projection code is synchronous and runs in a worker thread, never on the event loop; its
   SQL is portable (the rule is in :mod:`projections.database`: ``?``, ``BIGINT``, upserts
   with ``ON CONFLICT``, no PRAGMA or ``json_each``).
@@ -131,6 +137,7 @@ class ProjectionRunner:
         idle_timeout: float = 5.0,
         path: str | os.PathLike[str] | None = None,
         database: ProjectionDatabase | None = None,
+        follow_only: bool = False,
     ) -> None:
         names = [projection.name for projection in projections]
         if not names:
@@ -147,6 +154,7 @@ class ProjectionRunner:
         self._names = tuple(names)
         self._batch_size = batch_size
         self._idle_timeout = idle_timeout
+        self._follow_only = follow_only
         self._opened = False
         self._open_lock = asyncio.Lock()
         self._apply_lock = asyncio.Lock()
@@ -188,8 +196,10 @@ class ProjectionRunner:
 
     @property
     def is_leader(self) -> bool:
-        """Whether :meth:`run` applies here (always on SQLite; on PostgreSQL, while this
-        runner holds the leadership lock; a follower only follows the checkpoints)."""
+        """Whether this runner leads: on PostgreSQL, the one whose :meth:`run` applies
+        (while it holds the leadership lock; a follower only follows the checkpoints); on
+        SQLite, where every running runner applies, the one holding the file lock (its
+        process sends the outbox). Never a ``follow_only`` runner."""
         return self._database.is_leader
 
     def _advance(self, reached: Mapping[str, int]) -> None:
@@ -272,7 +282,7 @@ class ProjectionRunner:
             while not self._stop.is_set():
                 try:
                     database = await self._ready()
-                    if await database.lead(self._names):
+                    if not self._follow_only and await database.lead(self._names):
                         if not led:  # the checkpoints may have moved while following
                             self._advance(await database.read(checkpoints.read_checkpoints))
                             led = True
