@@ -18,8 +18,10 @@ balancer would send it; the PostgreSQL server's own CPU is shown in its column):
    subscriber costs one group commit each). A fresh ``Directory`` then loads the log and
    must find every clickid: what the service will see.
 2. Start the service as its own process, ``python -m postback serve --db ... --port P``
-   (the shipped command: default asyncio loop, JSON access log, projections running,
-   ``synchronous=FULL``), and wait for ``/healthz``.
+   (the shipped command: default asyncio loop, JSON access log, ``synchronous=FULL``, the
+   projections and the outbox in the child process ``serve`` starts; ``--projector inline``
+   runs them in the serving process instead), and wait for ``/healthz``. The server's CPU
+   below is its own and its child's.
 3. Drive it from this process: an aiohttp ``ClientSession`` over ``TCPConnector(limit=C)``
    (C keep-alive connections, one worker task each, a new request as soon as the last
    answer arrived) for a fixed time, with a realistic mix: ``reg`` for fresh subscribers
@@ -309,9 +311,20 @@ def process_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started (the service's projections process); [] without /proc."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
 def processes_cpu_seconds(pids: Sequence[int]) -> float | None:
-    """The CPU of all of ``pids`` together (several service instances)."""
-    seconds = [process_cpu_seconds(pid) for pid in pids]
+    """The CPU of all of ``pids`` and their children together (several service instances,
+    each with its projections process)."""
+    everyone = [*pids, *(child for pid in pids for child in children(pid))]
+    seconds = [process_cpu_seconds(pid) for pid in everyone]
     return None if None in seconds else sum(s for s in seconds if s is not None)
 
 
@@ -705,6 +718,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         " instances (each run in a fresh schema, dropped afterwards unless --keep)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the database and server logs")
+    parser.add_argument(
+        "--projector",
+        choices=("process", "inline"),
+        default="process",
+        help="where each service runs its projections and outbox: in its child process"
+        " (serve's default) or in the serving process itself",
+    )
     parser.add_argument("--seed", type=int, default=1, help="of the request mix")
     parser.add_argument(
         "--profile",
@@ -792,7 +812,10 @@ def run_service(
         processes = [
             stack.enter_context(
                 running(
-                    [sys.executable, "-m", "postback", "serve", *database, "--port", str(port)],
+                    [
+                        *(sys.executable, "-m", "postback", "serve", *database),
+                        *("--port", str(port), "--projector", args.projector),
+                    ],
                     log.with_suffix(f".{index}.log"),
                 )
             )

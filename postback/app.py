@@ -78,7 +78,15 @@ async def measured(request: web.Request, handler: Handler) -> web.StreamResponse
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    store = await open_store(config, on_batch=app[METRICS].observe_batch)
+    metrics = app[METRICS]
+
+    def committed(events: int, seconds: float) -> None:
+        metrics.observe_batch(events, seconds)
+        child = app.get(postbacks.CHILD)
+        if child is not None:
+            child.log_grew()  # the projections process looks at the log now
+
+    store = await open_store(config, on_batch=committed)
     try:
         directory = Directory(store)
         await directory.load()
@@ -105,9 +113,15 @@ async def healthz(request: web.Request) -> web.Response:
             "position": position,
             # Several instances on PostgreSQL: one leads (applies the projections, sends the
             # outbox); the others follow its checkpoints.
-            "projections": {"position": runner.position, "leader": runner.is_leader},
+            "projections": {"position": runner.position, "leader": _leads(request.app)},
         }
     )
+
+
+def _leads(app: web.Application) -> bool:
+    """Whether this instance leads the projections: its runner, or its child's."""
+    child = app.get(postbacks.CHILD)
+    return app[postbacks.RUNNER].is_leader or (child is not None and child.leads)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:

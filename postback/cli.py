@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -48,10 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--demo", action="store_true", help="seed demo data first and print curl lines"
     )
     serve.add_argument(
+        "--projector",
+        choices=("process", "inline"),
+        help="where the projections and the outbox run: in a child `postback project` that"
+        " serve starts and supervises (process, the default, or POSTBACK_PROJECTOR), or in"
+        " the serving process itself (inline)",
+    )
+    serve.add_argument(
         "--no-projections",
         action="store_true",
-        help="do not run the projection runner in this process; run `postback project`"
-        " beside it instead (reads of projections then wait for that process)",
+        help="run no projections at all (neither here nor in a child); run `postback"
+        " project` yourself beside it (reads of projections then show what it applied)",
     )
 
     demo = commands.add_parser("demo", help="seed a demo account, spot, goals and subscribers")
@@ -92,6 +100,15 @@ async def serve(config: Config) -> None:
         await runner.cleanup()
 
 
+def _projector(args: argparse.Namespace) -> str | None:
+    """``serve`` runs the projections in a child process unless told otherwise (by
+    ``--projector`` or ``POSTBACK_PROJECTOR``); other commands keep the configured one."""
+    chosen: str | None = getattr(args, "projector", None)
+    if chosen is None and args.command == "serve" and not os.environ.get("POSTBACK_PROJECTOR"):
+        return "process"
+    return chosen
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command of ``argv``; its exit status: 0 done, 1 refused or failed (a
     verification, an error of the log), 2 a usage error or a log that cannot be opened
@@ -104,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             host=getattr(args, "host", None),
             port=getattr(args, "port", None),
             run_projections=False if getattr(args, "no_projections", False) else None,
+            projector=_projector(args),
         )
     except ConfigError as exc:
         print(f"postback: {exc}", file=sys.stderr)

@@ -132,6 +132,11 @@ def add_commands(
         " when the leader stops (within POSTBACK_LEADER_RETRY seconds).",
     )
     project.add_argument("--batch-size", type=positive_int, default=5000, help="events per batch")
+    project.add_argument(
+        "--supervised",
+        action="store_true",
+        help="as `serve` runs it: positions reached on stdout, stop when stdin closes",
+    )
     database_options(project)
 
 
@@ -166,7 +171,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         if args.command == "verify":
             return cli_verify.verify(config, args.anchor, args.limit)
         if args.command == "project":
-            return cli_projections.project(config, args.batch_size)
+            return cli_projections.project(config, args.batch_size, supervised=args.supervised)
         if args.command == "stats":
             return stats(config, args)
         if args.command == "export":

@@ -82,11 +82,12 @@ class _Narrator:
     """What ``project`` says on stderr: a progress bar while it applies, a line each time it
     has caught up, and (PostgreSQL) when it follows another runner or takes over from one."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, quiet: bool = False) -> None:
         self.runner: ProjectionRunner | None = None
         self.bar: ProgressBar | None = None
         self.announced = -1
         self.following = False
+        self.quiet = quiet  # no progress bar nor "caught up" lines (under serve)
 
     def head(self, _head: int) -> None:
         """The runner looked at the log's head: is it leading or following now?"""
@@ -107,6 +108,8 @@ class _Narrator:
 
     def progress(self, position: int, head: int) -> None:
         """The runner applied up to ``position``; the log's head is ``head``."""
+        if self.quiet:
+            return
         if self.bar is None:
             self.bar = ProgressBar("project", start=position)
         if position >= head and position != self.announced:
@@ -136,9 +139,56 @@ async def _sending(
         yield
 
 
-async def _project(config: Config, batch_size: int) -> int:
+async def _report_positions(runner: ProjectionRunner, stop: asyncio.Event) -> None:
+    """Under ``serve``: write each position the projections reach, and whether this
+    process leads them, to stdout (``"POSITION LEADING"``, LEADING 1 or 0), so the serving
+    process wakes its readers at once (it reads the checkpoints) and its ``/healthz`` can
+    tell which instance leads. Leadership can change without a new position: it is looked
+    at every ``_REPORT_EVERY`` seconds too."""
+    reported: tuple[int, bool] | None = None
+    while True:
+        now = (runner.position, runner.is_leader)
+        if now != reported:
+            try:
+                sys.stdout.write(f"{now[0]} {int(now[1])}\n")
+                sys.stdout.flush()
+            except BrokenPipeError:
+                stop.set()  # the serving process is gone
+                return
+            reported = now
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(runner.wait_until(now[0] + 1), _REPORT_EVERY)
+
+
+_LOOK_EVERY = 0.05
+_REPORT_EVERY = 1.0
+"""Under ``serve``, the child looks at the log at most this often (seconds): applying a
+pause's events in one transaction costs the projections less than one per group commit,
+and a read that waits for fresh projections waits at most this much longer."""
+
+
+async def _watch_parent(store: EventStore, stop: asyncio.Event) -> None:
+    """Under ``serve``: each line on stdin says the log grew (look now, not at the next
+    poll); the end of stdin says the serving process is gone (stop, as on SIGTERM)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
+    )
+    try:
+        while await reader.read(4096):
+            await store.last_position()
+            # Words that come meanwhile are read as one: the runner applies the events of
+            # this pause in one transaction instead of one per group commit.
+            await asyncio.sleep(_LOOK_EVERY)
+    finally:
+        transport.close()
+        stop.set()
+
+
+async def _project(config: Config, batch_size: int, *, supervised: bool = False) -> int:
     store = await open_store(config)
-    narrator = _Narrator()
+    narrator = _Narrator(quiet=supervised)
     view = LogView(store, on_progress=narrator.progress, on_head=narrator.head)
     runner = projection_runner(view.as_store(), config, batch_size=batch_size)
     narrator.runner = runner
@@ -154,15 +204,23 @@ async def _project(config: Config, batch_size: int) -> int:
         )
         task = loop.create_task(runner.run())
         stopping = loop.create_task(stop.wait())
+        helpers = (
+            [
+                loop.create_task(_report_positions(runner, stop)),
+                loop.create_task(_watch_parent(store, stop)),
+            ]
+            if supervised
+            else []
+        )
         try:
             async with _sending(store, runner, config):
                 await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
             runner.stop()
             await task  # raises what ended run(), if anything did
         finally:
-            stopping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await stopping
+            for waiting in (stopping, *helpers):
+                waiting.cancel()
+            await asyncio.gather(stopping, *helpers, return_exceptions=True)
     finally:
         position = runner.position
         await runner.close()
@@ -173,6 +231,10 @@ async def _project(config: Config, batch_size: int) -> int:
     return 0
 
 
-def project(config: Config, batch_size: int) -> int:
-    """Catch the projections up, then follow the log until SIGINT or SIGTERM (exit 0)."""
-    return asyncio.run(_project(config, batch_size))
+def project(config: Config, batch_size: int, *, supervised: bool = False) -> int:
+    """Catch the projections up, then follow the log until SIGINT or SIGTERM (exit 0).
+
+    ``supervised`` (``--supervised``, how ``serve`` runs it: :mod:`postback.projector`):
+    no progress output; the positions reached go to stdout; a line on stdin means the log
+    grew; the end of stdin means stop."""
+    return asyncio.run(_project(config, batch_size, supervised=supervised))

@@ -26,6 +26,10 @@ class Config:
     # "full" (the default) syncs every group commit; "normal" only by explicit choice.
     durability: str = "full"
     run_projections: bool = True
+    # Where the projections (and the outbox) run: "inline" in this process (what
+    # create_app does by default) or "process": a child `postback project` that this
+    # process supervises (what `postback serve` does by default; postback/projector.py).
+    projector: str = "inline"
     # PostgreSQL: how often an instance whose projection runner follows tries to lead.
     leader_retry: float = 2.0
     # The outbox (docs/outbox.md): runs with the projections unless switched off.
@@ -53,6 +57,8 @@ class Config:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{name} must be a number of seconds, 0 or more")
+        if self.projector not in ("inline", "process"):
+            raise ConfigError("projector must be inline or process")
         if self.outbox_timeout == 0:
             raise ConfigError("outbox_timeout must be more than 0 seconds")
 
@@ -80,6 +86,13 @@ def _switch(text: str) -> bool:
     raise ValueError("expected on or off")
 
 
+def _projector(text: str) -> str:
+    lowered = text.strip().lower()
+    if lowered not in ("inline", "process"):
+        raise ValueError("expected inline or process")
+    return lowered
+
+
 def _count(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -105,6 +118,7 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "POSTBACK_TELEGRAM_API_URL": ("telegram_api_url", str),
     "POSTBACK_DURABILITY": ("durability", str),
     "POSTBACK_LEADER_RETRY": ("leader_retry", _seconds),
+    "POSTBACK_PROJECTOR": ("projector", _projector),
     "POSTBACK_OUTBOX": ("outbox", _switch),
     "POSTBACK_OUTBOX_CONCURRENCY": ("outbox_concurrency", _count),
     "POSTBACK_OUTBOX_MAX_ATTEMPTS": ("outbox_max_attempts", _count),

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from postback import outbox
+from postback import outbox, projector
 from postback.backend import projection_runner
 from postback.http import json_response
 from postback.keys import CONFIG, METRICS, STORE
@@ -23,25 +23,31 @@ from projections.postback_log import list_postbacks
 from projections.runner import ProjectionRunner
 
 RUNNER = web.AppKey("projection_runner", ProjectionRunner)
+CHILD = web.AppKey("projector_child", projector.ChildProjector)
 log = logging.getLogger("postback.projections")
 _FRESHNESS_WAIT = 5.0
 
 
 @contextlib.asynccontextmanager
 async def projections(app: web.Application) -> AsyncIterator[None]:
-    """Run the projections beside the service for as long as it runs, and the outbox
-    beside them (unless ``--no-projections`` or ``POSTBACK_OUTBOX=off``)."""
+    """Run the projections for as long as the service runs, and the outbox beside them
+    (unless ``--no-projections`` or ``POSTBACK_OUTBOX=off``): in this process, or with
+    ``projector="process"`` in a supervised child (:mod:`postback.projector`), which this
+    process's runner then follows."""
     config = app[CONFIG]
-    runner = projection_runner(app[STORE], config)
+    in_child = config.run_projections and config.projector == "process"
+    runner = projection_runner(app[STORE], config, follow_only=in_child)
     app[RUNNER] = runner
     task = asyncio.get_running_loop().create_task(runner.run()) if config.run_projections else None
-    sending = (
-        outbox.running(app, runner)
-        if config.run_projections and config.outbox
-        else contextlib.nullcontext()
-    )
+    beside: contextlib.AbstractAsyncContextManager[object] = contextlib.nullcontext()
+    if in_child:
+        beside = projector.running(config, runner.database)
+    elif config.run_projections and config.outbox:
+        beside = outbox.running(app, runner)
     try:
-        async with sending:
+        async with beside as child:
+            if isinstance(child, projector.ChildProjector):
+                app[CHILD] = child
             yield
     finally:
         try:
