@@ -95,7 +95,12 @@ class ChildProjector:
 
     async def _run_once(self) -> int | None:
         process = await asyncio.create_subprocess_exec(
-            *self._command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+            *self._command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            # Its own session: a Ctrl-C at the terminal goes to serve, which stops the
+            # child itself (in order), instead of to both at once.
+            start_new_session=True,
         )
         self._process = process
         self._starts += 1
