@@ -308,7 +308,9 @@ class PostgresProjectionDatabase(ProjectionDatabase):
     async def wait_for_change(self, seen: int) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._poll_interval
-        if not self._leader:
+        if not self._leader and self._next_attempt:
+            # Time to try the lock again (a runner that never tries, follow_only, has
+            # no such time: it waits for a NOTIFY or the poll interval).
             deadline = min(deadline, max(self._next_attempt, loop.time()))
         while self._changes <= seen and (remaining := deadline - loop.time()) > 0:
             with contextlib.suppress(TimeoutError):

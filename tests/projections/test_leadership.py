@@ -7,6 +7,7 @@ import asyncio
 import random
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -242,3 +243,40 @@ async def test_a_leader_whose_run_fails_lets_a_follower_take_over(
     other.stop()
     await other_task
     await failing.close()
+
+
+async def test_a_follow_only_runner_waits_for_notifications_without_spinning(
+    store: SQLiteEventStore, make_runner: RunnerFactory, projection_db: Scope
+) -> None:
+    # serve's runner when its projections run in a child: it never tries the lock, so it
+    # has no lock retry to wake for; it must sleep until a NOTIFY (or the poll interval).
+    a = make_runner([Recording()])
+    a_task = asyncio.create_task(a.run())
+    database = projection_db.database("live", poll_interval=600, lock_retry_interval=600)
+    reads = 0
+    real_read = database.read
+
+    async def counted(fn: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return await real_read(fn)
+
+    database.read = counted  # type: ignore[method-assign]
+    b = ProjectionRunner(store, [Recording()], database=database, follow_only=True)
+    b_task = asyncio.create_task(b.run())
+    try:
+        async with asyncio.timeout(WAIT):
+            for n in range(5):
+                result = await store.append("s", [NewEvent("Happened", {"n": n})])
+                await b.wait_until(result.last_position)
+        assert a.is_leader
+        assert not b.is_leader
+        # Nothing happens for a while: a follower that spins re-reads all along.
+        before = reads
+        await asyncio.sleep(0.5)
+        assert reads - before <= 1, reads - before
+    finally:
+        for runner in (a, b):
+            runner.stop()
+        await asyncio.gather(a_task, b_task)
+        await b.close()
