@@ -322,7 +322,7 @@ class SQLiteEventStore(EventStore):
             finally:
                 cursor.close()  # ends the statement, and with it the read snapshot
         except sqlite3.OperationalError:
-            return None  # SQLITE_BUSY (busy_timeout is 0 here): never wait on the loop
+            return None  # SQLITE_BUSY (busy_timeout 0): never wait for a lock on the loop
         except sqlite3.Error as exc:
             raise translate_error(exc) from exc
         return rows if len(rows) <= _INLINE_ROWS else None

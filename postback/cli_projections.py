@@ -18,7 +18,10 @@ import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 
+import orjson
+
 from eventstore.base import EventStore
+from eventstore.errors import EventStoreError
 from postback.backend import describe, open_store, projection_runner
 from postback.cli_progress import LogView, ProgressBar
 from postback.config import Config
@@ -123,7 +126,7 @@ class _Narrator:
 
 @contextlib.asynccontextmanager
 async def _sending(
-    store: EventStore, runner: ProjectionRunner, config: Config
+    store: EventStore, runner: ProjectionRunner, config: Config, metrics: Metrics
 ) -> AsyncIterator[None]:
     """Run an outbox beside ``runner`` (as :func:`postback.outbox.running` does in
     ``serve``) while leading, unless ``POSTBACK_OUTBOX=off``; on leaving, close it
@@ -132,32 +135,34 @@ async def _sending(
         _say("the outbox is off (POSTBACK_OUTBOX=off): nothing is sent from this process")
         yield
         return
-    # No /metrics here: the outbox's metrics stay in this process's own registry.
-    outbox = Outbox(store, runner, config, metrics=Metrics(), is_leader=lambda: runner.is_leader)
+    # No /metrics here: under serve, _report_positions relays them to serve's /metrics.
+    outbox = Outbox(store, runner, config, metrics=metrics, is_leader=lambda: runner.is_leader)
     _say("sending the outbox (Facebook, Telegram, webhooks) while leading")
     async with sending(outbox):
         yield
 
 
-async def _report_positions(runner: ProjectionRunner, stop: asyncio.Event) -> None:
+async def _report_positions(
+    runner: ProjectionRunner, metrics: Metrics, stop: asyncio.Event
+) -> None:
     """Under ``serve``: write each position the projections reach, and whether this
     process leads them, to stdout (``"POSITION LEADING"``, LEADING 1 or 0), so the serving
     process wakes its readers at once (it reads the checkpoints) and its ``/healthz`` can
-    tell which instance leads. Leadership can change without a new position: it is looked
-    at every ``_REPORT_EVERY`` seconds too."""
-    reported: tuple[int, bool] | None = None
+    tell which instance leads. At least every ``_REPORT_EVERY`` seconds too, changed or
+    not: leadership can change without a new position, and the silence of a hung child
+    is how the serving process tells it is hung. The outbox's metrics go with each line,
+    on one of their own (``M`` and JSON), for serve's ``/metrics``."""
     while True:
-        now = (runner.position, runner.is_leader)
-        if now != reported:
-            try:
-                sys.stdout.write(f"{now[0]} {int(now[1])}\n")
-                sys.stdout.flush()
-            except BrokenPipeError:
-                stop.set()  # the serving process is gone
-                return
-            reported = now
+        position = runner.position
+        try:
+            sys.stdout.write(f"{position} {int(runner.is_leader)}\n")
+            sys.stdout.write(f"M {orjson.dumps(metrics.outbox_families()).decode()}\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            stop.set()  # the serving process is gone
+            return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(runner.wait_until(now[0] + 1), _REPORT_EVERY)
+            await asyncio.wait_for(runner.wait_until(position + 1), _REPORT_EVERY)
 
 
 _LOOK_EVERY = 0.05
@@ -177,7 +182,10 @@ async def _watch_parent(store: EventStore, stop: asyncio.Event) -> None:
     )
     try:
         while await reader.read(4096):
-            await store.last_position()
+            try:
+                await store.last_position()
+            except EventStoreError as exc:  # the runner's own poll will look again
+                _say(f"could not look at the log's head: {exc}")
             # Words that come meanwhile are read as one: the runner applies the events of
             # this pause in one transaction instead of one per group commit.
             await asyncio.sleep(_LOOK_EVERY)
@@ -189,6 +197,7 @@ async def _watch_parent(store: EventStore, stop: asyncio.Event) -> None:
 async def _project(config: Config, batch_size: int, *, supervised: bool = False) -> int:
     store = await open_store(config)
     narrator = _Narrator(quiet=supervised)
+    metrics = Metrics()
     view = LogView(store, on_progress=narrator.progress, on_head=narrator.head)
     runner = projection_runner(view.as_store(), config, batch_size=batch_size)
     narrator.runner = runner
@@ -206,14 +215,14 @@ async def _project(config: Config, batch_size: int, *, supervised: bool = False)
         stopping = loop.create_task(stop.wait())
         helpers = (
             [
-                loop.create_task(_report_positions(runner, stop)),
+                loop.create_task(_report_positions(runner, metrics, stop)),
                 loop.create_task(_watch_parent(store, stop)),
             ]
             if supervised
             else []
         )
         try:
-            async with _sending(store, runner, config):
+            async with _sending(store, runner, config, metrics):
                 await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
             runner.stop()
             await task  # raises what ended run(), if anything did

@@ -2,15 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+OUTBOX_PREFIX = "postback_outbox_"
+Families = list[list[Any]]
+"""Metric families as plain data: ``[name, help, type, [[sample, labels, value], ...]]``."""
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 
 
+class _Relayed(Collector):
+    """Metric families received from another process, exported as they were received."""
+
+    def __init__(self) -> None:
+        self.families: Families = []
+
+    def collect(self) -> Iterator[Metric]:
+        for name, documentation, kind, samples in self.families:
+            family = Metric(name, documentation, kind)
+            for sample, labels, value in samples:
+                family.add_sample(sample, labels, value)
+            yield family
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._relayed: _Relayed | None = None
         self.requests = Counter(
             "postback_http_requests",
             "HTTP requests by route and status",
@@ -78,6 +102,31 @@ class Metrics:
             ["channel"],
             registry=self.registry,
         )
+
+    def outbox_families(self) -> Families:
+        """This registry's ``postback_outbox_*`` families, to relay to another process."""
+        return [
+            [family.name, family.documentation, family.type, [list(s[:3]) for s in family.samples]]
+            for family in self.registry.collect()
+            if family.name.startswith(OUTBOX_PREFIX)
+        ]
+
+    def relay_outbox(self, families: Families) -> None:
+        """Export ``families`` (another process's :meth:`outbox_families`: serve's child,
+        whose outbox sends) as this registry's outbox metrics, in place of its own."""
+        if self._relayed is None:
+            for own in (
+                self.outbox_attempts,
+                self.outbox_attempt_seconds,
+                self.outbox_completed,
+                self.outbox_in_flight,
+                self.outbox_pauses,
+                self.outbox_paused,
+            ):
+                self.registry.unregister(own)
+            self._relayed = _Relayed()
+            self.registry.register(self._relayed)
+        self._relayed.families = families
 
     def observe_batch(self, events: int, seconds: float) -> None:
         self.batch_events.observe(events)

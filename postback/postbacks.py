@@ -41,7 +41,7 @@ async def projections(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.get_running_loop().create_task(runner.run()) if config.run_projections else None
     beside: contextlib.AbstractAsyncContextManager[object] = contextlib.nullcontext()
     if in_child:
-        beside = projector.running(config, runner.database)
+        beside = projector.running(config, runner.database, app[METRICS].relay_outbox)
     elif config.run_projections and config.outbox:
         beside = outbox.running(app, runner)
     try:

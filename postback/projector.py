@@ -15,8 +15,13 @@ running:
   ``/metrics`` work as with the projections in-process.
 * Should the child die, it is started again (after 1 s, doubling up to 30 s while it
   keeps dying at once); its stderr is the server's. When the server stops, it closes the
-  child's stdin and the child stops as on SIGTERM (at most ``_STOP_GRACE`` seconds, then
-  it is killed); should the server itself be killed, the closed pipe stops the child.
+  child's stdin and the child stops as on SIGTERM (its sends under way finish; after
+  ``outbox_timeout`` + 20 seconds it is killed); should the server itself be killed, the
+  closed pipe stops the child. A child that says nothing for 30 s (it reports at least
+  every second) is taken for hung, killed and started again.
+* The outbox's metrics (``postback_outbox_*``) are the child's: it sends them with each
+  report (at least every second) and the server exports them in its ``/metrics`` in
+  place of its own (empty) ones.
 """
 
 from __future__ import annotations
@@ -26,9 +31,12 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+
+import orjson
 
 from postback.config import Config
+from postback.metrics import Families
 from projections.database import ProjectionDatabase
 
 log = logging.getLogger("postback.projector")
@@ -36,21 +44,41 @@ log = logging.getLogger("postback.projector")
 _RESTART_FIRST = 1.0
 _RESTART_MAX = 30.0
 _STABLE_AFTER = 60.0  # a child that ran this long resets the restart delay
-_STOP_GRACE = 15.0
+_LINE_LIMIT = 2**20  # bytes in one line from the child (its metrics are a few kB)
+_SILENCE_LIMIT = 30.0
+"""A child says where it is at least every second once it runs; one silent for this long
+(hung: stopped, deadlocked) is killed and started again."""
 
 
 def child_command(config: Config) -> list[str]:
-    """``postback project --supervised`` on this configuration's log."""
+    """``postback project --supervised`` on this configuration's log. ``-P``: the working
+    directory is not put on ``sys.path`` (a stray ``postback.py`` there must not run)."""
     database = ["--dsn", config.dsn] if config.dsn is not None else ["--db", config.db_path]
-    return [sys.executable, "-m", "postback", "project", "--supervised", *database]
+    return [sys.executable, "-P", "-m", "postback", "project", "--supervised", *database]
 
 
 class ChildProjector:
-    """Keeps one ``postback project --supervised`` running; see the module docstring."""
+    """Keeps one ``postback project --supervised`` running; see the module docstring.
 
-    def __init__(self, config: Config, database: ProjectionDatabase) -> None:
-        self._command = child_command(config)
+    The child takes its settings from the command line (the log) and the environment,
+    as any ``postback`` command does: a :class:`Config` built in code reaches it only
+    through ``db_path`` / ``dsn``.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        database: ProjectionDatabase,
+        command: list[str] | None = None,
+        *,
+        on_metrics: Callable[[Families], None] | None = None,
+    ) -> None:
+        self._command = command if command is not None else child_command(config)
         self._database = database
+        self._on_metrics = on_metrics
+        # The child's outbox may take outbox_timeout (+5 s) to finish its sends; then its
+        # last batch and its connections close.
+        self._stop_grace = config.outbox_timeout + 20.0
         self._process: asyncio.subprocess.Process | None = None
         self._closing = False
         self._starts = 0
@@ -80,24 +108,28 @@ class ChildProjector:
             process.stdin.write(b"\n")
 
     async def run(self) -> None:
-        """Start the child, and again whenever it dies, until :meth:`close`."""
+        """Start the child, and again whenever it dies or hangs, until :meth:`close`."""
         delay = _RESTART_FIRST
         while not self._closing:
             started = time.monotonic()
-            code = await self._run_once()
+            try:
+                ended = f"exit {await self._run_once()}"
+            except Exception as exc:  # it could not start: no interpreter, no fork
+                ended = f"could not start it: {exc!r}"
             if self._closing:
                 return
             if time.monotonic() - started > _STABLE_AFTER:
                 delay = _RESTART_FIRST
-            log.error("the projections process ended (%s); starting it in %.0f s", code, delay)
+            log.error("the projections process ended (%s); starting it in %.0f s", ended, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RESTART_MAX)
 
-    async def _run_once(self) -> int | None:
+    async def _run_once(self) -> int:
         process = await asyncio.create_subprocess_exec(
             *self._command,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            limit=_LINE_LIMIT,
             # Its own session: a Ctrl-C at the terminal goes to serve, which stops the
             # child itself (in order), instead of to both at once.
             start_new_session=True,
@@ -105,15 +137,39 @@ class ChildProjector:
         self._process = process
         self._starts += 1
         try:
-            assert process.stdout is not None
-            async for line in process.stdout:  # "POSITION LEADING" after each transaction
-                self._leads = line.split()[-1:] == [b"1"]
-                self._database.note_change()  # the follower re-reads the checkpoints
+            await self._listen(process)
             return await process.wait()
         finally:
             self._leads = False
-            if self._closing or process.returncode is not None:
-                self._process = None
+            if process.returncode is None:  # cancelled, or hung: it must not live on
+                process.kill()
+                await process.wait()
+            self._process = None
+
+    async def _listen(self, process: asyncio.subprocess.Process) -> None:
+        """Read "POSITION LEADING" lines until the child's stdout ends (or it falls silent
+        for ``_SILENCE_LIMIT`` seconds after its first line: then kill it)."""
+        assert process.stdout is not None
+        position: bytes | None = None
+        while True:
+            limit = None if position is None else _SILENCE_LIMIT
+            try:
+                line = await asyncio.wait_for(process.stdout.readline(), limit)
+            except TimeoutError:
+                log.error("the projections process said nothing for %.0f s; killing it", limit)
+                process.kill()
+                return
+            if not line:
+                return
+            if line.startswith(b"M "):  # the child outbox's metrics
+                if self._on_metrics is not None:
+                    self._on_metrics(orjson.loads(line[2:]))
+                continue
+            fields = line.split()
+            self._leads = fields[-1:] == [b"1"]
+            if fields[:1] != [position]:
+                position = fields[0] if fields else b""
+                self._database.note_change()  # the follower re-reads the checkpoints
 
     async def close(self) -> None:
         """Stop the child: close its stdin, wait, then kill it if it does not stop."""
@@ -124,22 +180,32 @@ class ChildProjector:
         if process.stdin is not None:
             process.stdin.close()
         try:
-            await asyncio.wait_for(process.wait(), _STOP_GRACE)
+            await asyncio.wait_for(process.wait(), self._stop_grace)
         except TimeoutError:
-            log.error("the projections process did not stop in %.0f s; killing it", _STOP_GRACE)
+            log.error(
+                "the projections process did not stop in %.0f s; killing it", self._stop_grace
+            )
             process.kill()
             await process.wait()
 
 
 @contextlib.asynccontextmanager
-async def running(config: Config, database: ProjectionDatabase) -> AsyncIterator[ChildProjector]:
+async def running(
+    config: Config,
+    database: ProjectionDatabase,
+    on_metrics: Callable[[Families], None] | None = None,
+) -> AsyncIterator[ChildProjector]:
     """A :class:`ChildProjector` running for the duration."""
-    child = ChildProjector(config, database)
+    child = ChildProjector(config, database, on_metrics=on_metrics)
     task = asyncio.get_running_loop().create_task(child.run())
     try:
         yield child
     finally:
         await child.close()
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await task
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("the supervision of the projections process had failed")
