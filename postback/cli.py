@@ -21,7 +21,7 @@ from postback import cli_analyst, migrate
 from postback.access_log import JsonAccessLogger
 from postback.app import create_app
 from postback.backend import LogUnavailableError, MissingLogError, describe
-from postback.config import Config, ConfigError
+from postback.config import PROJECTORS, Config, ConfigError
 from postback.demo import run_demo
 from postback.offline import create_account_offline
 from postback.runtime import tune_process
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--projector",
-        choices=("process", "inline"),
+        choices=PROJECTORS,
         help="where the projections and the outbox run: in a child `postback project` that"
         " serve starts and supervises (process, the default, or POSTBACK_PROJECTOR), or in"
         " the serving process itself (inline)",

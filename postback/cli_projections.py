@@ -142,6 +142,14 @@ async def _sending(
         yield
 
 
+_LOOK_EVERY = 0.05
+"""Under ``serve``, the child looks at the log at most this often (seconds): applying a
+pause's events in one transaction costs the projections less than one per group commit,
+and a read that waits for fresh projections waits at most this much longer."""
+_REPORT_EVERY = 1.0
+"""Under ``serve``, the child reports at least this often (seconds), changed or not."""
+
+
 async def _report_positions(
     runner: ProjectionRunner, metrics: Metrics, stop: asyncio.Event
 ) -> None:
@@ -163,13 +171,6 @@ async def _report_positions(
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(runner.wait_until(position + 1), _REPORT_EVERY)
-
-
-_LOOK_EVERY = 0.05
-_REPORT_EVERY = 1.0
-"""Under ``serve``, the child looks at the log at most this often (seconds): applying a
-pause's events in one transaction costs the projections less than one per group commit,
-and a read that waits for fresh projections waits at most this much longer."""
 
 
 async def _watch_parent(store: EventStore, stop: asyncio.Event) -> None:

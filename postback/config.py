@@ -8,6 +8,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+PROJECTORS = ("process", "inline")
+"""Where ``serve`` may run the projections and the outbox (see ``Config.projector``)."""
+
 
 class ConfigError(ValueError):
     """The environment holds a value the service cannot use."""
@@ -57,7 +60,7 @@ class Config:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{name} must be a number of seconds, 0 or more")
-        if self.projector not in ("inline", "process"):
+        if self.projector not in PROJECTORS:
             raise ConfigError("projector must be inline or process")
         if self.outbox_timeout == 0:
             raise ConfigError("outbox_timeout must be more than 0 seconds")
@@ -88,7 +91,7 @@ def _switch(text: str) -> bool:
 
 def _projector(text: str) -> str:
     lowered = text.strip().lower()
-    if lowered not in ("inline", "process"):
+    if lowered not in PROJECTORS:
         raise ValueError("expected inline or process")
     return lowered
 
