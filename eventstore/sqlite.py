@@ -306,11 +306,15 @@ class SQLiteEventStore(EventStore):
         self, sql: str, params: Sequence[object], *, small: bool = False
     ) -> list[RecordedEvent]:
         """The events ``sql`` selects; inline first when the caller expects few (``small``)."""
+        rows = await self._rows(sql, params, small=small)
+        return [decode_row(row, self._upcasters) for row in rows]
+
+    async def _rows(self, sql: str, params: Sequence[object], *, small: bool) -> list[Any]:
         self._check_open()
         rows = self._read_inline(sql, params) if small else None
         if rows is None:
             rows = await run_in_thread(self._reader, partial(_fetch_all, sql=sql, params=params))
-        return [decode_row(row, self._upcasters) for row in rows]
+        return rows
 
     def _read_inline(self, sql: str, params: Sequence[object]) -> list[Any] | None:
         """The rows of ``sql`` read on this thread, or None: more than ``_INLINE_ROWS`` of
@@ -329,10 +333,7 @@ class SQLiteEventStore(EventStore):
 
     async def _fetch_one(self, sql: str, params: Sequence[object]) -> Any:
         """The first row of a one-row query (inline unless it would wait)."""
-        self._check_open()
-        rows = self._read_inline(sql, params)
-        if rows is None:
-            rows = await run_in_thread(self._reader, partial(_fetch_all, sql=sql, params=params))
+        rows = await self._rows(sql, params, small=True)
         return rows[0] if rows else None
 
     async def read_stream(
