@@ -43,6 +43,7 @@ from postback.channels.setup import channels_for, session
 from postback.config import Config
 from postback.keys import CONFIG, METRICS, STORE
 from postback.metrics import Metrics
+from postback.tasks import reap
 from projections import delivery_payloads as p
 from projections.deliveries_query import PendingDelivery, circuit_states, due_work
 from projections.runner import ProjectionRunner, ProjectionStoppedError
@@ -449,11 +450,4 @@ async def sending(outbox: Outbox) -> AsyncIterator[None]:
         yield
     finally:
         await outbox.close()
-        if not task.done():
-            task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-        except Exception:
-            log.exception("the outbox had failed")
+        await reap(task, log, "the outbox had failed")

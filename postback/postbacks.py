@@ -19,6 +19,7 @@ from postback.backend import projection_runner
 from postback.http import json_response
 from postback.keys import CONFIG, METRICS, STORE
 from postback.operator import account_of, int_param
+from postback.tasks import reap
 from projections.postback_log import list_postbacks
 from projections.runner import ProjectionRunner
 
@@ -52,13 +53,7 @@ async def projections(app: web.Application) -> AsyncIterator[None]:
     finally:
         try:
             if task is not None:
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
-                except Exception:
-                    log.exception("the projection runner had failed")
+                await reap(task, log, "the projection runner had failed")
         finally:
             await runner.close()
 

@@ -37,6 +37,7 @@ import orjson
 
 from postback.config import Config
 from postback.metrics import Families
+from postback.tasks import reap
 from projections.database import ProjectionDatabase
 
 log = logging.getLogger("postback.projector")
@@ -202,10 +203,4 @@ async def running(
         yield child
     finally:
         await child.close()
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-        except Exception:
-            log.exception("the supervision of the projections process had failed")
+        await reap(task, log, "the supervision of the projections process had failed")

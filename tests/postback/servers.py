@@ -8,6 +8,8 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 
+import aiohttp
+
 ADMIN = "admin-secret"
 
 
@@ -40,3 +42,23 @@ def stop_server(process: subprocess.Popen[str]) -> None:
     process.wait(timeout=30)
     if process.stderr is not None:
         process.stderr.close()
+
+
+async def one_subscriber(http: aiohttp.ClientSession, base: str, clickid: str) -> dict[str, str]:
+    """Through the API of the server at ``base``: an account, a spot and one subscriber
+    (user 1) with ``clickid``; the account's authorization header."""
+    async with http.post(
+        f"{base}/api/v1/accounts",
+        json={"name": f"Account of {clickid}"},
+        headers={"Authorization": f"Bearer {ADMIN}"},
+    ) as response:
+        auth = {"Authorization": f"Bearer {(await response.json())['api_key']}"}
+    async with http.post(f"{base}/api/v1/spots", json={"title": "bot"}, headers=auth) as response:
+        token = (await response.json())["token"]
+    async with http.post(
+        f"{base}/api/v1/subscribers",
+        json={"spot": token, "user_id": "1", "clickid": clickid},
+        headers=auth,
+    ) as response:
+        assert response.status == 201
+    return auth

@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.postback.servers import ADMIN, start_server, stop_server
+from tests.postback.servers import one_subscriber, start_server, stop_server
 
 
 @pytest.fixture
@@ -29,21 +29,7 @@ async def test_racing_postbacks_across_two_processes_have_one_winner(
 ) -> None:
     first, second = two_servers
     async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{first}/api/v1/accounts",
-            json={"name": "Racers"},
-            headers={"Authorization": f"Bearer {ADMIN}"},
-        ) as response:
-            key = (await response.json())["api_key"]
-        auth = {"Authorization": f"Bearer {key}"}
-        async with http.post(f"{first}/api/v1/spots", json={"title": "bot"}, headers=auth) as r:
-            token = (await r.json())["token"]
-        async with http.post(
-            f"{first}/api/v1/subscribers",
-            json={"spot": token, "user_id": "1", "clickid": "RACE"},
-            headers=auth,
-        ) as r:
-            assert r.status == 201
+        auth = await one_subscriber(http, first, "RACE")
 
         async def send(base: str, goal: str) -> int:
             async with http.get(f"{base}/postback/", params={"clickid": "RACE", "goal": goal}) as r:

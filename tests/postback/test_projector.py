@@ -16,7 +16,7 @@ import pytest
 
 from postback import cli
 from postback.config import Config
-from tests.postback.servers import ADMIN, start_server, stop_server
+from tests.postback.servers import one_subscriber, start_server, stop_server
 
 WAIT = 20.0
 
@@ -52,24 +52,6 @@ def _wait_for_exit(pid: int) -> None:
         os.close(fd)
 
 
-async def _setup(http: aiohttp.ClientSession, base: str) -> dict[str, str]:
-    async with http.post(
-        f"{base}/api/v1/accounts",
-        json={"name": "Child"},
-        headers={"Authorization": f"Bearer {ADMIN}"},
-    ) as response:
-        auth = {"Authorization": f"Bearer {(await response.json())['api_key']}"}
-    async with http.post(f"{base}/api/v1/spots", json={"title": "bot"}, headers=auth) as response:
-        token = (await response.json())["token"]
-    async with http.post(
-        f"{base}/api/v1/subscribers",
-        json={"spot": token, "user_id": "1", "clickid": "KID"},
-        headers=auth,
-    ) as response:
-        assert response.status == 201
-    return auth
-
-
 async def _postback(http: aiohttp.ClientSession, base: str, **query: str) -> int:
     async with http.get(f"{base}/postback/", params={"clickid": "KID", **query}) as response:
         assert response.status == 200, await response.text()
@@ -91,7 +73,7 @@ async def test_serve_projects_in_a_child_it_restarts_and_stops(tmp_path: Path) -
     try:
         child = _the_child(server)
         async with aiohttp.ClientSession() as http:
-            auth = await _setup(http, base)
+            auth = await one_subscriber(http, base, "KID")
             await _postback(http, base, goal="reg")
             position = await _postback(http, base, goal="dep", sum="100.50")
             # Read at once: the server waits for its child to have applied the deposit.
