@@ -158,13 +158,18 @@ async def _report_positions(
     process wakes its readers at once (it reads the checkpoints) and its ``/healthz`` can
     tell which instance leads. At least every ``_REPORT_EVERY`` seconds too, changed or
     not: leadership can change without a new position, and the silence of a hung child
-    is how the serving process tells it is hung. The outbox's metrics go with each line,
-    on one of their own (``M`` and JSON), for serve's ``/metrics``."""
+    is how the serving process tells it is hung. The outbox's metrics go along, on a line
+    of their own (``M`` and JSON), for serve's ``/metrics``: at most every
+    ``_REPORT_EVERY`` seconds, not with each of the many positions of a busy log."""
+    loop = asyncio.get_running_loop()
+    metrics_due = loop.time()
     while True:
         position = runner.position
         try:
             sys.stdout.write(f"{position} {int(runner.is_leader)}\n")
-            sys.stdout.write(f"M {orjson.dumps(metrics.outbox_families()).decode()}\n")
+            if loop.time() >= metrics_due:
+                sys.stdout.write(f"M {orjson.dumps(metrics.outbox_families()).decode()}\n")
+                metrics_due = loop.time() + _REPORT_EVERY
             sys.stdout.flush()
         except BrokenPipeError:
             stop.set()  # the serving process is gone

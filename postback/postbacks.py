@@ -40,15 +40,14 @@ async def projections(app: web.Application) -> AsyncIterator[None]:
     runner = projection_runner(app[STORE], config, follow_only=in_child)
     app[RUNNER] = runner
     task = asyncio.get_running_loop().create_task(runner.run()) if config.run_projections else None
-    beside: contextlib.AbstractAsyncContextManager[object] = contextlib.nullcontext()
-    if in_child:
-        beside = projector.running(config, runner.database, app[METRICS].relay_outbox)
-    elif config.run_projections and config.outbox:
-        beside = outbox.running(app, runner)
     try:
-        async with beside as child:
-            if isinstance(child, projector.ChildProjector):
-                app[CHILD] = child
+        async with contextlib.AsyncExitStack() as beside:
+            if in_child:
+                app[CHILD] = await beside.enter_async_context(
+                    projector.running(config, runner.database, app[METRICS].relay_outbox)
+                )
+            elif config.run_projections and config.outbox:
+                await beside.enter_async_context(outbox.running(app, runner))
             yield
     finally:
         try:
