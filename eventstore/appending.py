@@ -29,7 +29,6 @@ from eventstore.base import (
     RecordedEvent,
     StreamState,
     Upcasters,
-    utc_from_micros,
 )
 from eventstore.chain import encode_json
 from eventstore.errors import (
@@ -210,22 +209,14 @@ def batch_size(pending: Sequence[AppendRequest], max_events: int) -> int:
 
 def decode_row(row: Sequence[Any], upcasters: Upcasters | None) -> RecordedEvent:
     """A stored row (position, stream, version, event id bytes, type, schema version, data,
-    metadata, recorded µs, hash), as both backends select it, as a RecordedEvent."""
+    metadata, recorded µs, hash), as both backends select it, as a RecordedEvent (whose
+    id, metadata and time are decoded when first used)."""
     position, stream, version, event_id, type_, schema_version, data, meta, us, hash_ = row
     decoded = orjson.loads(data)
     if upcasters is not None:
         schema_version, decoded = upcasters.upcast(type_, schema_version, decoded)
-    return RecordedEvent(  # positional: a call with keywords costs more, per event read
-        position,
-        stream,
-        version,
-        uuid.UUID(bytes=event_id),
-        type_,
-        schema_version,
-        decoded,
-        orjson.loads(meta),
-        utc_from_micros(us),
-        hash_,
+    return RecordedEvent.stored(  # positional: a call with keywords costs more, per event
+        position, stream, version, event_id, type_, schema_version, decoded, meta, us, hash_
     )
 
 
