@@ -159,7 +159,7 @@ async def scratch_projection_database(config: Config) -> AsyncIterator[Projectio
     """
     if config.dsn is None:
         with tempfile.TemporaryDirectory(prefix="postback-verify-") as tmp:
-            yield SQLiteProjectionDatabase(os.path.join(tmp, "replay.projections.db"))
+            yield SQLiteProjectionDatabase(os.path.join(tmp, "replay.projections.db"), scratch=True)
         return
     from eventstore.postgres_driver import translated
     from projections.pg_database import PostgresProjectionDatabase, temporary_schema

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from eventstore.base import RecordedEvent
-from postback import cli_projections, cli_verify
+from postback import cli_projections, cli_rebuild, cli_verify
 from postback.backend import open_store, projection_runner
 from postback.config import Config
 from postback.views import event_fields
@@ -65,6 +65,17 @@ def add_commands(
     )
     rebuild.add_argument("projections", nargs="*", metavar="PROJECTION")
     rebuild.add_argument("--batch-size", type=positive_int, default=5000, help="events per batch")
+    rebuild.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=cli_rebuild.default_jobs(),
+        help="processes (SQLite): the projections are rebuilt in groups, each by its own"
+        " process into a file of its own, then swapped in at once (default: one per core;"
+        " 1 rebuilds in place)",
+    )
+    # A child of a parallel rebuild: its group, into a shadow file, up to a position.
+    rebuild.add_argument("--shadow", metavar="FILE", help=argparse.SUPPRESS)
+    rebuild.add_argument("--until", type=_non_negative, help=argparse.SUPPRESS)
     database_options(rebuild)
 
     verify = commands.add_parser(
@@ -166,8 +177,13 @@ def run(args: argparse.Namespace, config: Config) -> int:
     """Run the analyst command of ``args``; its exit status. The log's errors (missing,
     unreachable, failing) are left to the caller (:func:`postback.cli.main`)."""
     try:
+        if args.command == "rebuild" and args.shadow is not None:
+            until = args.until if args.until is not None else 2**63 - 1
+            return cli_rebuild.rebuild_shadow(
+                config, args.projections, args.shadow, until, args.batch_size
+            )
         if args.command == "rebuild":
-            return cli_projections.rebuild(config, args.projections, args.batch_size)
+            return cli_rebuild.rebuild(config, args.projections, args.batch_size, args.jobs)
         if args.command == "verify":
             return cli_verify.verify(config, args.anchor, args.limit)
         if args.command == "project":

@@ -1,11 +1,12 @@
-"""``postback rebuild`` and ``postback project``: the projections from the CLI, on either backend.
+"""``postback project``: the projection runner from the CLI, on either backend.
 
-Both use :func:`postback.backend.projection_runner`, so the projections go where ``serve``
+It uses :func:`postback.backend.projection_runner`, so the projections go where ``serve``
 keeps them (beside an SQLite log, or in the PostgreSQL schema of the log) and a projection
-added to the catalogue is rebuilt and followed with no change here. ``project`` also runs
-the outbox beside its runner, as ``serve`` does (unless ``POSTBACK_OUTBOX=off``), so
-``serve --no-projections`` plus ``project`` still sends. ``postback verify`` is in
-:mod:`postback.cli_verify`. Progress goes to stderr, results to stdout.
+added to the catalogue is followed with no change here. ``project`` also runs the outbox
+beside its runner, as ``serve`` does (unless ``POSTBACK_OUTBOX=off``), so
+``serve --no-projections`` plus ``project`` still sends. ``postback rebuild`` is in
+:mod:`postback.cli_rebuild`, ``postback verify`` in :mod:`postback.cli_verify`. Progress
+goes to stderr, results to stdout.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ import contextlib
 import os
 import signal
 import sys
-import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 import orjson
 
@@ -28,54 +28,11 @@ from postback.config import Config
 from postback.metrics import Metrics
 from postback.outbox import Outbox, sending
 from postback.signals import stop_on_signals
-from projections.catalog import all_projections
 from projections.runner import ProjectionRunner
-
-
-def _fail(message: str, code: int) -> int:
-    print(f"postback: {message}", file=sys.stderr)
-    return code
 
 
 def _say(message: str) -> None:
     print(f"postback: {message}", file=sys.stderr, flush=True)
-
-
-# -- rebuild ----------------------------------------------------------------------------------
-
-
-async def _rebuild(config: Config, names: Sequence[str] | None, batch_size: int) -> int:
-    store = await open_store(config, must_exist=True, poll_interval=None)
-    try:
-        total = await store.last_position()
-        bar = ProgressBar("rebuild")
-        view = LogView(store, on_progress=lambda position, _head: bar.update(position, total))
-        runner = projection_runner(view.as_store(), config, batch_size=batch_size)
-        try:
-            started = time.perf_counter()
-            position = await runner.rebuild(names)
-            seconds = time.perf_counter() - started
-            bar.finish(position, max(total, position))
-            rebuilt = list(names) if names else [p.name for p in all_projections()]
-            rate = position / max(seconds, 1e-9)
-            print(
-                f"rebuilt {', '.join(rebuilt)} from {position:,} events in {seconds:.2f} s"
-                f" ({rate:,.0f} events/s) into {runner.database.describe()}"
-            )
-        finally:
-            await runner.close()
-    finally:
-        await store.close()
-    return 0
-
-
-def rebuild(config: Config, names: Sequence[str], batch_size: int) -> int:
-    """Reset the projections ``names`` (all when empty) and apply the whole log again."""
-    known = [projection.name for projection in all_projections()]
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        return _fail(f"unknown projection {', '.join(unknown)}; known: {', '.join(known)}", 2)
-    return asyncio.run(_rebuild(config, list(dict.fromkeys(names)) or None, batch_size))
 
 
 # -- project ----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ is the latest, whoever committed it (another runner, another instance).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
@@ -108,6 +108,12 @@ def reset(
             conn.execute(statement)
     conn.executemany(_SAVE, [(projection.name, 0, now) for projection in projections])
     return read_checkpoints(conn)
+
+
+def save(conn: SqlConnection, positions: Mapping[str, int]) -> None:
+    """Set the checkpoints of ``positions`` (by projection name), whatever they were."""
+    now = _now()
+    conn.executemany(_SAVE, [(name, position, now) for name, position in positions.items()])
 
 
 def create_read_indexes(conn: SqlConnection, projections: Sequence[Projection]) -> None:

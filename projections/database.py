@@ -229,8 +229,13 @@ class SQLiteProjectionDatabase(ProjectionDatabase):
 
     dialect: Dialect = "sqlite"
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, scratch: bool = False) -> None:
+        """``scratch``: a file to throw away should anything fail (a rebuild's shadow, a
+        replay to compare): its journal stays in memory and nothing is synced, which
+        makes writing it cheaper. One process only: other connections would be refused
+        while it writes (no WAL)."""
         self._path = os.fspath(path)
+        self._scratch = scratch
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
@@ -279,16 +284,17 @@ class SQLiteProjectionDatabase(ProjectionDatabase):
         async with self._lock:
             if self._writer is not None:
                 return
-            writer = await open_connection(
-                self._path,
-                [
-                    "PRAGMA busy_timeout = 10000",
+            durability = (
+                ["PRAGMA journal_mode = MEMORY", "PRAGMA synchronous = OFF"]
+                if self._scratch
+                else [
                     "PRAGMA journal_mode = WAL",
                     # Rows and checkpoint still commit atomically together; a commit lost
                     # on power loss is simply applied again from the log.
                     "PRAGMA synchronous = NORMAL",
-                ],
+                ]
             )
+            writer = await open_connection(self._path, ["PRAGMA busy_timeout = 10000", *durability])
             try:
                 reader = await open_connection(
                     self._path, ["PRAGMA busy_timeout = 10000", "PRAGMA query_only = 1"]

@@ -27,10 +27,9 @@ memory and writes once; a ``deliveries`` row only moves forward (``last_position
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import astuple
 from typing import Any, Final
 
-from eventstore.base import RecordedEvent, micros_from_utc
+from eventstore.base import RecordedEvent
 from projections import delivery_payloads as p
 from projections.database import SqlConnection
 from projections.deliveries_schema import (
@@ -53,8 +52,11 @@ from projections.deliveries_schema import (
     SubscriberRow,
     as_int,
     as_text,
+    circuit_values,
+    delivery_values,
     micros_of,
     select_in,
+    subscriber_values,
 )
 
 _OUTCOMES: Final = frozenset(
@@ -198,7 +200,7 @@ class _Fold:
                 as_text(data.get("clickid")),
                 as_text(data.get("fbclid")),
                 as_text(data.get("fbp")),
-                micros_from_utc(event.recorded_at),
+                event.recorded_us,
             )
         elif (known := self.subscribers.get(subscriber_id)) is not None:
             known.player_id = as_text(data.get("player_id"))
@@ -230,8 +232,8 @@ class _Fold:
             source_event_id=str(event.event_id),
             source_type=event.type,
             source_position=event.position,
-            source_us=micros_from_utc(event.recorded_at),
-            next_attempt_us=micros_from_utc(event.recorded_at),
+            source_us=event.recorded_us,
+            next_attempt_us=event.recorded_us,
             last_position=event.position,
             **row,
         )
@@ -252,7 +254,7 @@ class _Fold:
             return
         body = p.facebook_body(
             event_id=str(event.event_id),
-            event_us=micros_from_utc(event.recorded_at),
+            event_us=event.recorded_us,
             user_id=user_id,
             fbclid=subscriber.fbclid if subscriber else None,
             fbp=subscriber.fbp if subscriber else None,
@@ -329,7 +331,7 @@ class _Fold:
         if event.type in _FINAL:
             delivery.status = _FINAL[event.type]
             delivery.next_attempt_us = None
-            delivery.completed_us = micros_from_utc(event.recorded_at)
+            delivery.completed_us = event.recorded_us
             reason = data.get("reason")
             delivery.reason = reason if isinstance(reason, str) else None
             return
@@ -378,14 +380,15 @@ class _Fold:
     def write(self) -> None:
         conn = self.conn
         conn.executemany(
-            UPSERT_DELIVERY, [astuple(self.deliveries[d]) for d in sorted(self.changed_deliveries)]
+            UPSERT_DELIVERY,
+            [delivery_values(self.deliveries[d]) for d in sorted(self.changed_deliveries)],
         )
         conn.executemany(INSERT_ATTEMPT, self.attempts)
         conn.executemany(
             UPSERT_SUBSCRIBER,
-            [astuple(self.subscribers[s]) for s in sorted(self.changed_subscribers)],
+            [subscriber_values(self.subscribers[s]) for s in sorted(self.changed_subscribers)],
         )
-        conn.executemany(UPSERT_CIRCUIT, [astuple(c) for c in self.circuits.values()])
+        conn.executemany(UPSERT_CIRCUIT, [circuit_values(c) for c in self.circuits.values()])
         if self.seq is not None:
             conn.execute(UPSERT_COUNTER, ("seq", self.seq))
 
@@ -401,6 +404,7 @@ class DeliveriesProjection:
     """See the module docstring. Stateless: any number of runners may share one."""
 
     name = "deliveries"
+    rebuild_weight = 1.4  # seconds per million events of bench/rebuild.py's log
     schema_sql: Sequence[str] = SCHEMA_SQL
 
     def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
+from operator import attrgetter
 from typing import Any, Final
 
 from eventstore.base import micros_from_utc
@@ -199,6 +200,10 @@ class CircuitRow:
 DELIVERY_COLUMNS: Final = tuple(f.name for f in fields(Delivery))
 SUBSCRIBER_COLUMNS: Final = tuple(f.name for f in fields(SubscriberRow))
 CIRCUIT_COLUMNS: Final = tuple(f.name for f in fields(CircuitRow))
+# A row's values in column order (``dataclasses.astuple`` deep-copies, ten times slower).
+delivery_values: Final = attrgetter(*DELIVERY_COLUMNS)
+subscriber_values: Final = attrgetter(*SUBSCRIBER_COLUMNS)
+circuit_values: Final = attrgetter(*CIRCUIT_COLUMNS)
 
 
 def _upsert(table: str, columns: Sequence[str], key: Sequence[str]) -> str:

@@ -77,6 +77,10 @@ class Projection(Protocol):
         created with the tables, except by :meth:`ProjectionRunner.rebuild`, which
         creates them once it has caught up (building an index over the finished table is
         cheaper than keeping it up to date row by row).
+
+        It may also have ``rebuild_weight``: its rebuild's relative cost (a positive
+        number, 1.0 if absent), by which ``postback rebuild`` balances the projections
+        over its processes (:func:`projections.shadow.plan_shards`).
         """
 
     def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:

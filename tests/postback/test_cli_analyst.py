@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from eventstore.base import NewEvent
 from eventstore.sqlite import SQLiteEventStore
-from postback import cli
+from postback import cli, cli_rebuild
 from postback.app import create_app
 from postback.config import Config
 from projections.catalog import all_projections
@@ -217,6 +218,66 @@ def test_rebuild_all_and_unknown(capsys: pytest.CaptureFixture[str], db: str) ->
     assert code == 2
     assert "unknown projection nope" in err
     assert run(capsys, "rebuild", "--db", str(Path(db).with_name("absent.db")))[0] == 2
+
+
+@pytest.mark.parametrize("jobs", ["1", "2", "3"])
+def test_rebuild_in_place_or_in_shadows_equals_a_replay(
+    capsys: pytest.CaptureFixture[str], db: str, jobs: str
+) -> None:
+    projections = projections_path(db)
+    _sql(projections, "UPDATE goal_stats_hourly SET count = count + 5")
+    _sql(projections, "DELETE FROM subscribers")
+    code, out, err = run(capsys, "rebuild", "--db", db, "--jobs", jobs)
+    assert code == 0, err
+    if jobs == "1":
+        assert "processes" not in out
+    else:
+        assert f"({jobs} processes)" in out
+    assert run(capsys, "verify", "--db", db)[0] == 0
+    assert [p.name for p in Path(db).parent.iterdir() if "rebuild" in p.name] == []
+
+
+def test_a_failed_shadow_leaves_the_projections_as_they_were(
+    capsys: pytest.CaptureFixture[str], db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    projections = projections_path(db)
+    before = _sql(projections, "SELECT * FROM subscribers ORDER BY subscriber_id")
+    _sql(projections, "UPDATE goal_stats_hourly SET count = count + 5")
+    stale = _sql(projections, "SELECT * FROM goal_stats_hourly ORDER BY 1, 2, 3, 4")
+    real = cli_rebuild.shadow_command
+
+    def one_fails(config: Config, names: Sequence[str], *rest: Any) -> list[str]:
+        if "subscribers" in names:
+            return [sys.executable, "-c", "import sys; sys.exit(3)"]
+        return real(config, names, *rest)
+
+    monkeypatch.setattr(cli_rebuild, "shadow_command", one_fails)
+    code, _, err = run(capsys, "rebuild", "--db", db, "--jobs", "2")
+    assert code == 1
+    assert "the child rebuilding goal_stats, subscribers exited with status 3" in err
+    assert _sql(projections, "SELECT * FROM subscribers ORDER BY subscriber_id") == before
+    assert _sql(projections, "SELECT * FROM goal_stats_hourly ORDER BY 1, 2, 3, 4") == stale
+    assert [p.name for p in Path(db).parent.iterdir() if "rebuild" in p.name] == []
+
+
+def test_what_the_shadows_did_not_reach_is_applied_after_the_swap(
+    capsys: pytest.CaptureFixture[str], db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As if the log grew while the children worked: they stop 3 events short of the end.
+    real = cli_rebuild.shadow_command
+
+    def short(
+        config: Config, names: Sequence[str], shadow: str, until: int, batch_size: int
+    ) -> list[str]:
+        return real(config, names, shadow, until - 3, batch_size)
+
+    monkeypatch.setattr(cli_rebuild, "shadow_command", short)
+    (last,) = _sql(db, "SELECT MAX(position) FROM events")[0]
+    code, out, err = run(capsys, "rebuild", "--db", db, "--jobs", "2")
+    assert code == 0, err
+    assert f"from {last:,} events" in out
+    assert set(_checkpoints(db).values()) == {last}
+    assert run(capsys, "verify", "--db", db)[0] == 0
 
 
 # -- stats ------------------------------------------------------------------------------------

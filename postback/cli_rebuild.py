@@ -1,0 +1,241 @@
+"""``postback rebuild``: the projections built again from the log, in parallel where it can.
+
+* **SQLite projections, several projections, ``--jobs`` above 1** (the default on a
+  machine with several cores): the projections are split into ``--jobs`` groups of about
+  equal cost (:func:`projections.shadow.plan_shards`); each group is rebuilt by a child
+  ``postback rebuild --shadow FILE`` into a file of its own, up to the log's position when
+  the command started; then :func:`projections.shadow.swap_in` replaces the live tables
+  by the shadows' in one transaction, and the projections catch up with whatever was
+  appended meanwhile. Readers (a running ``serve``) see the old rows until the swap and
+  the new ones after it. The shadows live in a temporary directory beside the
+  projections file (they need as much disk as the projections), removed at the end
+  whether the rebuild succeeded or not; a failed or interrupted rebuild leaves the live
+  projections untouched.
+* **Otherwise** (PostgreSQL, one projection, ``--jobs 1``): in place, in this process
+  (:meth:`projections.runner.ProjectionRunner.rebuild`): readers see partial rows until
+  it has caught up.
+
+Progress goes to stderr, the summary to stdout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+
+from postback.backend import open_store, projection_runner
+from postback.cli_progress import LogView, ProgressBar
+from postback.config import Config
+from projections.catalog import all_projections
+from projections.database import SQLiteProjectionDatabase
+from projections.runner import Projection, ProjectionRunner, projections_path
+from projections.shadow import plan_shards, swap_in
+
+_SHADOW_REPORT_INTERVAL = 0.25
+"""Seconds between a shadow child's progress lines."""
+
+
+def default_jobs() -> int:
+    """Processes a rebuild uses unless told: one per core."""
+    return os.cpu_count() or 1
+
+
+def rebuild(config: Config, names: Sequence[str], batch_size: int, jobs: int) -> int:
+    """Reset the projections ``names`` (all when empty) and apply the whole log again."""
+    known = [projection.name for projection in all_projections()]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        print(
+            f"postback: unknown projection {', '.join(unknown)}; known: {', '.join(known)}",
+            file=sys.stderr,
+        )
+        return 2
+    wanted = list(dict.fromkeys(names)) or known
+    chosen = [projection for projection in all_projections() if projection.name in wanted]
+    if config.dsn is None and jobs > 1 and len(chosen) > 1:
+        return asyncio.run(_rebuild_in_shadows(config, wanted, chosen, batch_size, jobs))
+    return asyncio.run(_rebuild_in_place(config, wanted, batch_size))
+
+
+def _summary(names: Sequence[str], position: int, seconds: float, where: str) -> None:
+    rate = position / max(seconds, 1e-9)
+    print(
+        f"rebuilt {', '.join(names)} from {position:,} events in {seconds:.2f} s"
+        f" ({rate:,.0f} events/s) into {where}"
+    )
+
+
+async def _rebuild_in_place(config: Config, names: Sequence[str], batch_size: int) -> int:
+    store = await open_store(config, must_exist=True, poll_interval=None)
+    try:
+        total = await store.last_position()
+        bar = ProgressBar("rebuild")
+        view = LogView(store, on_progress=lambda position, _head: bar.update(position, total))
+        runner = projection_runner(view.as_store(), config, batch_size=batch_size)
+        try:
+            started = time.perf_counter()
+            position = await runner.rebuild(names)
+            seconds = time.perf_counter() - started
+            bar.finish(position, max(total, position))
+            _summary(names, position, seconds, runner.database.describe())
+        finally:
+            await runner.close()
+    finally:
+        await store.close()
+    return 0
+
+
+# -- in shadows ---------------------------------------------------------------------------------
+
+
+async def _rebuild_in_shadows(
+    config: Config,
+    names: Sequence[str],
+    chosen: Sequence[Projection],
+    batch_size: int,
+    jobs: int,
+) -> int:
+    store = await open_store(config, must_exist=True, poll_interval=None)
+    try:
+        started = time.perf_counter()
+        head = await store.last_position()
+        target = projections_path(config.db_path)
+        groups = plan_shards(chosen, jobs)
+        bar = ProgressBar("rebuild")
+        folder = os.path.dirname(target) or "."
+        with tempfile.TemporaryDirectory(prefix=".postback-rebuild-", dir=folder) as tmp:
+            shards = [(os.path.join(tmp, f"shadow{n}.db"), group) for n, group in enumerate(groups)]
+            failed = await _build_shadows(config, shards, head, batch_size, bar)
+            if failed:
+                print(f"postback: rebuild failed: {failed}", file=sys.stderr)
+                return 1
+            await asyncio.to_thread(swap_in, target, shards)
+        # Whatever was appended since the shadows' position, applied in place.
+        view = LogView(store, on_progress=lambda position, now: bar.update(position, now))
+        runner = projection_runner(view.as_store(), config, batch_size=batch_size)
+        try:
+            position = await runner.catch_up()
+        finally:
+            await runner.close()
+        seconds = time.perf_counter() - started
+        bar.finish(position, max(view.head, position))
+        where = f"{target} ({len(groups)} processes)"
+        _summary(names, position, seconds, where)
+    finally:
+        await store.close()
+    return 0
+
+
+def shadow_command(
+    config: Config, names: Sequence[str], shadow: str, until: int, batch_size: int
+) -> list[str]:
+    """The child that rebuilds ``names`` into ``shadow`` up to position ``until``
+    (``-P``: the working directory is not put on ``sys.path``)."""
+    return [
+        sys.executable,
+        "-P",
+        "-m",
+        "postback",
+        "rebuild",
+        "--db",
+        config.db_path,
+        "--batch-size",
+        str(batch_size),
+        "--shadow",
+        shadow,
+        "--until",
+        str(until),
+        *names,
+    ]
+
+
+async def _build_shadows(
+    config: Config,
+    shards: Sequence[tuple[str, Sequence[Projection]]],
+    head: int,
+    batch_size: int,
+    bar: ProgressBar,
+) -> str | None:
+    """Run one shadow child per shard, all at once, with one progress bar (the slowest
+    child's position); None when all succeeded, else what failed (the rest are stopped)."""
+    positions = [0] * len(shards)
+    processes: list[asyncio.subprocess.Process] = []
+
+    async def follow(index: int, process: asyncio.subprocess.Process) -> int:
+        assert process.stdout is not None
+        async for line in process.stdout:
+            with contextlib.suppress(ValueError):
+                positions[index] = int(line)
+                bar.update(min(positions), head)
+        return await process.wait()
+
+    try:
+        for path, group in shards:
+            command = shadow_command(config, [p.name for p in group], path, head, batch_size)
+            process = await asyncio.create_subprocess_exec(
+                *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE
+            )
+            processes.append(process)
+        pending = {
+            asyncio.ensure_future(follow(index, process)): index
+            for index, process in enumerate(processes)
+        }
+        while pending:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                index = pending.pop(task)
+                code = task.result()
+                if code != 0:
+                    names = ", ".join(p.name for p in shards[index][1])
+                    return f"the child rebuilding {names} exited with status {code}"
+        return None
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.terminate()
+                await process.wait()
+
+
+def rebuild_shadow(
+    config: Config, names: Sequence[str], shadow: str, until: int, batch_size: int
+) -> int:
+    """The shadow child: rebuild ``names`` into the fresh SQLite file ``shadow`` up to
+    ``until``, printing the position reached on stdout (a few times a second, and last)."""
+    chosen = [projection for projection in all_projections() if projection.name in names]
+    return asyncio.run(_rebuild_shadow(config, chosen, shadow, until, batch_size))
+
+
+async def _rebuild_shadow(
+    config: Config, chosen: Sequence[Projection], shadow: str, until: int, batch_size: int
+) -> int:
+    store = await open_store(config, must_exist=True, poll_interval=None)
+    try:
+        said = 0.0
+
+        def report(position: int, _head: int) -> None:
+            nonlocal said
+            if (now := time.monotonic()) - said >= _SHADOW_REPORT_INTERVAL:
+                said = now
+                print(position, flush=True)
+
+        view = LogView(store, until=until, on_progress=report)
+        runner = ProjectionRunner(
+            view.as_store(),
+            chosen,
+            database=SQLiteProjectionDatabase(shadow, scratch=True),
+            batch_size=batch_size,
+        )
+        try:
+            position = await runner.rebuild()
+        finally:
+            await runner.close()
+        print(position, flush=True)
+    finally:
+        await store.close()
+    return 0

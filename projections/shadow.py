@@ -1,0 +1,127 @@
+"""Rebuilding SQLite projections in shadow files, in parallel, and swapping them in at once.
+
+A rebuild in place (:meth:`projections.runner.ProjectionRunner.rebuild`) applies the whole
+log in one process, and readers see partial rows until it has caught up. With SQLite
+projections there is a faster and gentler way, which ``postback rebuild`` takes:
+
+1. :func:`plan_shards` splits the projections into groups of about equal cost (a
+   projection may declare its relative cost as ``rebuild_weight``; 1.0 otherwise).
+2. Each group is rebuilt by its own process into a fresh SQLite file of its own (a
+   *shadow*), up to one position of the log: the groups' folds run on separate cores, and
+   never wait for each other's write lock.
+3. :func:`swap_in` copies the shadows' tables into the live projections file in **one**
+   transaction, with their checkpoints: readers see the old rows until it commits, then
+   the new ones, never a mix. SQLite copies a table into an empty one of the same
+   definition page by page (its transfer optimisation), indexes included, so the swap
+   costs a fraction of the rebuild.
+
+A shadow is an ordinary projection database: a failed or interrupted rebuild leaves the
+live projections as they were (the caller removes the shadow files).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Final, TypeVar
+
+from projections import checkpoints
+from projections.verify import owned_tables, quote
+
+if TYPE_CHECKING:
+    from projections.runner import Projection
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS: Final = 60_000
+"""How long the swap waits for the live projections' write lock (a running ``serve``
+commits a batch at a time, so it is never held long)."""
+
+
+def rebuild_weight(projection: Projection) -> float:
+    """The projection's relative rebuild cost (its ``rebuild_weight``, 1.0 if it has none)."""
+    weight = getattr(projection, "rebuild_weight", 1.0)
+    return float(weight) if isinstance(weight, int | float) and weight > 0 else 1.0
+
+
+def plan_shards(projections: Sequence[Projection], jobs: int) -> list[list[Projection]]:
+    """``projections`` in at most ``jobs`` non-empty groups of about equal total weight
+    (the heaviest first, each to the lightest group so far), each group in catalogue order.
+    """
+    if jobs < 1:
+        raise ValueError("jobs must be at least 1")
+    count = min(jobs, len(projections))
+    groups: list[list[Projection]] = [[] for _ in range(count)]
+    loads = [0.0] * count
+    order = {id(projection): index for index, projection in enumerate(projections)}
+    for projection in sorted(projections, key=rebuild_weight, reverse=True):
+        lightest = loads.index(min(loads))
+        groups[lightest].append(projection)
+        loads[lightest] += rebuild_weight(projection)
+    for group in groups:
+        group.sort(key=lambda projection: order[id(projection)])
+    return [group for group in groups if group]
+
+
+def swap_in(path: str, shards: Sequence[tuple[str, Sequence[Projection]]]) -> dict[str, int]:
+    """Replace the projections of ``shards`` (``(shadow file, its projections)``) in the
+    SQLite projections file ``path`` by the shadows' rows and checkpoints, in one
+    transaction. Returns the checkpoints it set.
+
+    Each projection is reset as :func:`projections.checkpoints.reset` does (its tables
+    dropped and created again, read indexes included), then each of its tables is filled
+    with ``INSERT INTO ... SELECT *`` from its shadow. Raises ``ValueError`` if a shadow
+    lacks a projection's checkpoint (it was not rebuilt there), ``sqlite3.Error`` on the
+    database's errors; either way nothing changes.
+    """
+    conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        # Every table the projections reset must exist here first: an unqualified name
+        # that the main database lacks resolves to an attached database's table, and the
+        # reset would drop the shadow's instead.
+        everything = [projection for _shadow, projections in shards for projection in projections]
+        _in_transaction(conn, lambda: checkpoints.setup(conn, everything))
+        # ATTACH is refused inside a transaction: every shadow first, then one transaction.
+        for index, (shadow, _projections) in enumerate(shards):
+            conn.execute(f"ATTACH DATABASE ? AS shadow{index}", (shadow,))
+        return _in_transaction(
+            conn,
+            lambda: {
+                name: position
+                for index, (_shadow, projections) in enumerate(shards)
+                for name, position in _copy_shard(conn, f"shadow{index}", projections).items()
+            },
+        )
+    finally:
+        conn.close()
+
+
+def _in_transaction(conn: sqlite3.Connection, fn: Callable[[], T]) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn()
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
+def _copy_shard(
+    conn: sqlite3.Connection, schema: str, projections: Sequence[Projection]
+) -> dict[str, int]:
+    rows = conn.execute(f"SELECT name, position FROM {schema}.projection_checkpoints")
+    stored = {str(name): int(position) for name, position in rows}
+    missing = [p.name for p in projections if p.name not in stored]
+    if missing:
+        raise ValueError(f"the shadow {schema} has no checkpoint for {', '.join(missing)}")
+    checkpoints.reset(conn, projections)
+    for projection in projections:
+        for table in owned_tables(projection):
+            name = quote(table)
+            conn.execute(f"INSERT INTO main.{name} SELECT * FROM {schema}.{name}")
+    reached = {p.name: stored[p.name] for p in projections}
+    checkpoints.save(conn, reached)
+    return reached

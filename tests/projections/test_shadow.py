@@ -1,0 +1,266 @@
+"""projections.shadow: splitting projections into groups, and swapping rebuilt shadow files
+into live SQLite projections in one transaction."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eventstore.base import NewEvent, RecordedEvent
+from eventstore.sqlite import SQLiteEventStore
+from projections.catalog import all_projections
+from projections.database import SqlConnection, SQLiteProjectionDatabase
+from projections.runner import Projection, ProjectionRunner
+from projections.shadow import plan_shards, rebuild_weight, swap_in
+from projections.verify import compare_databases, format_report, owned_tables
+from tests.projections.helpers import postback_meta
+
+# -- plan_shards --------------------------------------------------------------------------------
+
+
+class Weighted:
+    """A projection that only has a name and (maybe) a weight."""
+
+    schema_sql: Sequence[str] = ()
+
+    def __init__(self, name: str, weight: Any = None) -> None:
+        self.name = name
+        if weight is not None:
+            self.rebuild_weight = weight
+
+    def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
+        pass
+
+    def reset(self, conn: SqlConnection) -> None:
+        pass
+
+
+def names(groups: list[list[Projection]]) -> list[list[str]]:
+    return [[projection.name for projection in group] for group in groups]
+
+
+def test_one_job_is_one_group_in_catalogue_order() -> None:
+    catalogue = all_projections()
+    assert names(plan_shards(catalogue, 1)) == [[p.name for p in catalogue]]
+
+
+def test_groups_balance_the_weights_and_keep_catalogue_order() -> None:
+    catalogue: list[Projection] = [
+        Weighted("a", 1.0),
+        Weighted("b", 6.0),
+        Weighted("c", 2.0),
+        Weighted("d", 3.0),
+        Weighted("e", 2.0),
+    ]
+    # Heaviest first, each to the lightest group so far: b -> 0 (6); d -> 1 (3);
+    # c -> 1 (5); e -> 1 (7, as 5 < 6); a -> 0 (7).
+    assert names(plan_shards(catalogue, 2)) == [["a", "b"], ["c", "d", "e"]]
+    assert names(plan_shards(catalogue, 9)) == [["b"], ["d"], ["c"], ["e"], ["a"]]
+
+
+def test_weights_default_to_one() -> None:
+    assert rebuild_weight(Weighted("plain")) == 1.0
+    for bad in (0, -2.0, "heavy", float("nan")):
+        assert rebuild_weight(Weighted("bad", bad)) == 1.0
+    assert rebuild_weight(Weighted("int", 3)) == 3.0
+    with pytest.raises(ValueError, match="at least 1"):
+        plan_shards(all_projections(), 0)
+    assert plan_shards([], 4) == []
+
+
+@settings(max_examples=200, database=None, derandomize=True)
+@given(st.lists(st.integers(1, 100), min_size=1, max_size=12), st.integers(1, 8))
+def test_every_projection_lands_in_exactly_one_group(weights: list[int], jobs: int) -> None:
+    catalogue: list[Projection] = [Weighted(f"p{i}", w) for i, w in enumerate(weights)]
+    groups = plan_shards(catalogue, jobs)
+    assert len(groups) == min(jobs, len(catalogue))
+    flat = [p.name for group in groups for p in group]
+    assert sorted(flat) == sorted(p.name for p in catalogue)
+    position = {p.name: i for i, p in enumerate(catalogue)}
+    for group in groups:
+        assert group
+        assert [position[p.name] for p in group] == sorted(position[p.name] for p in group)
+    # the greedy bound: no group exceeds an even share by more than the heaviest projection
+    loads = [sum(rebuild_weight(p) for p in group) for group in groups]
+    assert max(loads) <= sum(weights) / len(groups) + max(weights)
+
+
+# -- swap_in ------------------------------------------------------------------------------------
+
+
+def _log_events(subscriber: int, account: int) -> list[NewEvent]:
+    base = {"subscriber_id": subscriber, "account_id": account, "spot_id": account}
+    meta = postback_meta(clickid=f"C{subscriber}")
+
+    def goal(name: str, amount: str | None) -> NewEvent:
+        data = {**base, "goal": name, "standard": name != "vip", "amount": amount, "txid": None}
+        return NewEvent("GoalReached", data, postback_meta(clickid=f"C{subscriber}", goal=name))
+
+    return [
+        NewEvent(
+            "SubscriberCreated",
+            {
+                **base,
+                "spot_token": f"spot-{account}",
+                "user_id": str(7000 + subscriber),
+                "clickid": f"C{subscriber}",
+                "fbclid": None,
+                "fbp": None,
+            },
+        ),
+        NewEvent("ContactRecorded", {**base, "user_id": str(7000 + subscriber)}, meta),
+        goal("reg", None),
+        goal("dep", "100.10"),
+        NewEvent("PlayerIdAssigned", {**base, "player_id": f"P{subscriber}"}, meta),
+        goal("redep", "0.2"),
+        goal("vip", "1"),
+    ]
+
+
+async def _fill(store: SQLiteEventStore) -> int:
+    for subscriber in range(1, 7):
+        await store.append(f"subscriber-{subscriber}", _log_events(subscriber, subscriber % 2 + 1))
+    rejected = NewEvent(
+        "PostbackRejected",
+        {"account_id": None, "status": 404, "code": "unknown", "error": "no"},
+        postback_meta(status=404, clickid="nobody"),
+    )
+    result = await store.append("postback-log", [rejected])
+    return result.last_position
+
+
+async def _build(
+    store: SQLiteEventStore, path: Path, projections: Sequence[Projection], *, until: int | None
+) -> None:
+    database = SQLiteProjectionDatabase(path, scratch=True)
+    runner = ProjectionRunner(store, list(projections), database=database, batch_size=7)
+    try:
+        await runner.rebuild()
+        if until is not None:
+            assert runner.position == until
+    finally:
+        await runner.close()
+
+
+def _rows(path: Path, table: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(path) as conn:
+        return sorted(conn.execute(f'SELECT * FROM "{table}"').fetchall(), key=repr)
+
+
+def _checkpoints(path: Path) -> dict[str, int]:
+    with sqlite3.connect(path) as conn:
+        return dict(conn.execute("SELECT name, position FROM projection_checkpoints").fetchall())
+
+
+async def _same_as_a_fresh_replay(store: SQLiteEventStore, live: Path, tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh.db"
+    await _build(store, fresh, all_projections(), until=None)
+    live_db = SQLiteProjectionDatabase(live)
+    fresh_db = SQLiteProjectionDatabase(fresh)
+    for database in (live_db, fresh_db):
+        await database.open()
+    try:
+        diffs = await compare_databases(live_db, fresh_db, all_projections())
+    finally:
+        for database in (live_db, fresh_db):
+            await database.close()
+    assert all(diff.ok for diff in diffs), format_report(diffs)
+    assert _checkpoints(live) == _checkpoints(fresh)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> Any:
+    opened = await SQLiteEventStore.open(tmp_path / "events.db", poll_interval=None)
+    yield opened
+    await opened.close()
+
+
+async def _shadows(
+    store: SQLiteEventStore, tmp_path: Path, head: int
+) -> list[tuple[str, list[Projection]]]:
+    shards = [
+        (str(tmp_path / f"shadow{n}.db"), group)
+        for n, group in enumerate(plan_shards(all_projections(), 2))
+    ]
+    for path, group in shards:
+        await _build(store, Path(path), group, until=head)
+    return shards
+
+
+async def test_swap_replaces_stale_live_rows_with_the_shadows(
+    store: SQLiteEventStore, tmp_path: Path
+) -> None:
+    head = await _fill(store)
+    live = tmp_path / "live.db"
+    await _build(store, live, all_projections(), until=head)
+    with sqlite3.connect(live) as conn:  # rows that a replay would not give
+        conn.execute("UPDATE goal_stats_hourly SET count = count + 5")
+        conn.execute("DELETE FROM subscribers WHERE subscriber_id = 3")
+        conn.execute("UPDATE projection_checkpoints SET position = 2 WHERE name = 'profiles'")
+    shards = await _shadows(store, tmp_path, head)
+
+    reached = swap_in(str(live), shards)
+
+    assert reached == {p.name: head for p in all_projections()}
+    await _same_as_a_fresh_replay(store, live, tmp_path)
+    with sqlite3.connect(live) as conn:  # the read indexes came along
+        indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert "postback_index_account_clickid" in indexes
+    assert "goal_facts_time" in indexes
+
+
+async def test_swap_into_a_new_file_leaves_the_shadows_whole(
+    store: SQLiteEventStore, tmp_path: Path
+) -> None:
+    # With the shadows attached, an unqualified DROP of a table the live file lacks would
+    # drop the shadow's: the swap creates the live tables before it attaches anything.
+    head = await _fill(store)
+    shards = await _shadows(store, tmp_path, head)
+    before = {
+        (path, table): _rows(Path(path), table)
+        for path, group in shards
+        for projection in group
+        for table in owned_tables(projection)
+    }
+    live = tmp_path / "new.projections.db"
+
+    swap_in(str(live), shards)
+
+    await _same_as_a_fresh_replay(store, live, tmp_path)
+    for (path, table), rows in before.items():
+        assert _rows(Path(path), table) == rows
+
+
+async def test_a_failed_swap_changes_nothing(store: SQLiteEventStore, tmp_path: Path) -> None:
+    head = await _fill(store)
+    live = tmp_path / "live.db"
+    await _build(store, live, all_projections(), until=head)
+    with sqlite3.connect(live) as conn:
+        conn.execute("UPDATE goal_stats_hourly SET count = count + 5")
+    tables = [t for p in all_projections() for t in owned_tables(p)]
+    before = {table: _rows(live, table) for table in tables}
+    checkpoints_before = _checkpoints(live)
+    shards = await _shadows(store, tmp_path, head)
+
+    # The second shadow lost a table: its copy fails after the first shadow's went in.
+    second_path, second_group = shards[1]
+    with sqlite3.connect(second_path) as conn:
+        conn.execute(f'DROP TABLE "{owned_tables(second_group[-1])[-1]}"')
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        swap_in(str(live), shards)
+    assert {table: _rows(live, table) for table in tables} == before
+    assert _checkpoints(live) == checkpoints_before
+
+    # A shadow without a projection's checkpoint was not rebuilt there: refused.
+    with sqlite3.connect(shards[0][0]) as conn:
+        conn.execute("DELETE FROM projection_checkpoints")
+    with pytest.raises(ValueError, match="no checkpoint for"):
+        swap_in(str(live), shards[:1])
+    assert {table: _rows(live, table) for table in tables} == before
+    assert _checkpoints(live) == checkpoints_before
