@@ -96,6 +96,18 @@ class RecordedEvent:
     time as stored, without a ``datetime``.
     """
 
+    __match_args__ = (
+        "position",
+        "stream",
+        "version",
+        "event_id",
+        "type",
+        "schema_version",
+        "data",
+        "metadata",
+        "recorded_at",
+        "hash",
+    )
     __slots__ = (
         "_event_id",
         "_metadata",
@@ -187,7 +199,7 @@ class RecordedEvent:
     @property
     def metadata(self) -> dict[str, Any]:
         value = self._metadata
-        if not isinstance(value, dict):
+        if isinstance(value, bytes | str):  # as stored: decoded once, on first use
             value = self._metadata = orjson.loads(value)
         return value
 
@@ -204,8 +216,11 @@ class RecordedEvent:
         """:attr:`recorded_at` in microseconds since the Unix epoch (exact)."""
         value = self._recorded_us
         if value is None:
-            assert self._recorded_at is not None
-            value = self._recorded_us = micros_from_utc(self._recorded_at)
+            at = self._recorded_at
+            assert at is not None
+            # A hand-built event may carry a naive time: UTC, as the projections took it.
+            value = micros_from_utc(at if at.tzinfo is not None else at.replace(tzinfo=UTC))
+            self._recorded_us = value
         return value
 
     def _values(self) -> tuple[Any, ...]:
@@ -231,20 +246,8 @@ class RecordedEvent:
     __hash__ = None  # type: ignore[assignment]  # mutable, compared by value: unhashable
 
     def __repr__(self) -> str:
-        names = (
-            "position",
-            "stream",
-            "version",
-            "event_id",
-            "type",
-            "schema_version",
-            "data",
-            "metadata",
-            "recorded_at",
-            "hash",
-        )
-        fields = ", ".join(f"{n}={v!r}" for n, v in zip(names, self._values(), strict=True))
-        return f"RecordedEvent({fields})"
+        pairs = zip(self.__match_args__, self._values(), strict=True)
+        return f"RecordedEvent({', '.join(f'{name}={value!r}' for name, value in pairs)})"
 
 
 @dataclass(frozen=True, slots=True)

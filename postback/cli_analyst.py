@@ -1,7 +1,8 @@
 """Analyst and auditor commands of ``postback`` (API.md section 4), on either backend.
 
-``rebuild`` and ``project`` live in :mod:`postback.cli_projections`, ``verify`` in
-:mod:`postback.cli_verify`; ``stats`` and ``export`` here, with the argument parsers of all
+``rebuild`` lives in :mod:`postback.cli_rebuild`, ``project`` in
+:mod:`postback.cli_projections`, ``verify`` in :mod:`postback.cli_verify`; ``stats`` and
+``export`` here, with the argument parsers of all
 five and their dispatch. Each opens the log given by ``--db`` / ``--dsn`` (or
 ``POSTBACK_DB`` / ``POSTBACK_DSN``) through :func:`postback.backend.open_store`, and the
 projections where ``serve`` keeps them (:func:`postback.backend.projection_runner`).
@@ -177,10 +178,11 @@ def run(args: argparse.Namespace, config: Config) -> int:
     """Run the analyst command of ``args``; its exit status. The log's errors (missing,
     unreachable, failing) are left to the caller (:func:`postback.cli.main`)."""
     try:
-        if args.command == "rebuild" and args.shadow is not None:
-            until = args.until if args.until is not None else 2**63 - 1
+        if args.command == "rebuild" and (args.shadow is not None or args.until is not None):
+            if args.shadow is None or args.until is None:
+                return _error("--shadow and --until go together (a child of rebuild)")
             return cli_rebuild.rebuild_shadow(
-                config, args.projections, args.shadow, until, args.batch_size
+                config, args.projections, args.shadow, args.until, args.batch_size
             )
         if args.command == "rebuild":
             return cli_rebuild.rebuild(config, args.projections, args.batch_size, args.jobs)

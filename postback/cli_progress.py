@@ -148,6 +148,13 @@ class ProgressBar:
             self.stream.write(self.line(position, total) + "\n")
         self.stream.flush()
 
+    def end_line(self) -> None:
+        """End a line the bar left open on a terminal (before printing something else)."""
+        if self.open_line:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.open_line = False
+
     def finish(self, position: int, total: int) -> None:
         if not self.tty and self.shown == position and position > self.start:
             return  # that line is already out

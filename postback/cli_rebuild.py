@@ -10,7 +10,8 @@
   the new ones after it. The shadows live in a temporary directory beside the
   projections file (they need as much disk as the projections), removed at the end
   whether the rebuild succeeded or not; a failed or interrupted rebuild leaves the live
-  projections untouched.
+  projections untouched, as does a SIGINT or SIGTERM before the swap (one during it takes
+  effect once it has committed).
 * **Otherwise** (PostgreSQL, one projection, ``--jobs 1``): in place, in this process
   (:meth:`projections.runner.ProjectionRunner.rebuild`): readers see partial rows until
   it has caught up.
@@ -23,25 +24,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from typing import TypeVar
 
 from postback.backend import open_store, projection_runner
 from postback.cli_progress import LogView, ProgressBar
 from postback.config import Config
+from postback.signals import stop_on_signals
 from projections.catalog import all_projections
 from projections.database import SQLiteProjectionDatabase
 from projections.runner import Projection, ProjectionRunner, projections_path
 from projections.shadow import plan_shards, swap_in
+
+T = TypeVar("T")
 
 _SHADOW_REPORT_INTERVAL = 0.25
 """Seconds between a shadow child's progress lines."""
 
 
 def default_jobs() -> int:
-    """Processes a rebuild uses unless told: one per core."""
+    """Processes a rebuild uses unless told: one per core this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
     return os.cpu_count() or 1
 
 
@@ -100,6 +108,7 @@ async def _rebuild_in_shadows(
     batch_size: int,
     jobs: int,
 ) -> int:
+    stop = stop_on_signals()
     store = await open_store(config, must_exist=True, poll_interval=None)
     try:
         started = time.perf_counter()
@@ -110,11 +119,23 @@ async def _rebuild_in_shadows(
         folder = os.path.dirname(target) or "."
         with tempfile.TemporaryDirectory(prefix=".postback-rebuild-", dir=folder) as tmp:
             shards = [(os.path.join(tmp, f"shadow{n}.db"), group) for n, group in enumerate(groups)]
-            failed = await _build_shadows(config, shards, head, batch_size, bar)
-            if failed:
-                print(f"postback: rebuild failed: {failed}", file=sys.stderr)
-                return 1
-            await asyncio.to_thread(swap_in, target, shards)
+            building = _build_shadows(config, shards, head, batch_size, bar)
+            failed = await _unless_stopped(building, stop)
+            if stop.is_set() or failed:
+                return _unchanged(bar, failed or "interrupted")
+            try:
+                # Not interruptible: a signal now takes effect once it has committed.
+                await asyncio.to_thread(swap_in, target, shards)
+            except (sqlite3.Error, ValueError) as exc:
+                return _unchanged(bar, f"swapping the shadows in: {exc}")
+        if stop.is_set():
+            bar.end_line()
+            print(
+                f"postback: rebuild interrupted after the swap: {', '.join(names)} rebuilt up to"
+                f" position {head:,}; the next catch-up applies the rest",
+                file=sys.stderr,
+            )
+            return 1
         # Whatever was appended since the shadows' position, applied in place.
         view = LogView(store, on_progress=lambda position, now: bar.update(position, now))
         runner = projection_runner(view.as_store(), config, batch_size=batch_size)
@@ -124,11 +145,30 @@ async def _rebuild_in_shadows(
             await runner.close()
         seconds = time.perf_counter() - started
         bar.finish(position, max(view.head, position))
-        where = f"{target} ({len(groups)} processes)"
-        _summary(names, position, seconds, where)
+        _summary(names, position, seconds, f"{target} ({len(groups)} processes)")
     finally:
         await store.close()
     return 0
+
+
+def _unchanged(bar: ProgressBar, why: str) -> int:
+    bar.end_line()
+    print(f"postback: rebuild failed ({why}); the projections are as they were", file=sys.stderr)
+    return 1
+
+
+async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """``work``'s result, or None once ``stop`` is set (``work`` is then cancelled)."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+    return task.result()
 
 
 def shadow_command(
@@ -142,14 +182,11 @@ def shadow_command(
         "-m",
         "postback",
         "rebuild",
-        "--db",
-        config.db_path,
-        "--batch-size",
-        str(batch_size),
-        "--shadow",
-        shadow,
-        "--until",
-        str(until),
+        f"--db={config.db_path}",  # one argument each: a path may start with "-"
+        f"--batch-size={batch_size}",
+        f"--shadow={shadow}",
+        f"--until={until}",
+        "--",
         *names,
     ]
 
@@ -178,7 +215,13 @@ async def _build_shadows(
         for path, group in shards:
             command = shadow_command(config, [p.name for p in group], path, head, batch_size)
             process = await asyncio.create_subprocess_exec(
-                *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE
+                *command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                # Its own session: a Ctrl-C reaches this process only, which stops the
+                # children itself; a child whose parent died stops at its next report
+                # (its stdout is a broken pipe).
+                start_new_session=True,
             )
             processes.append(process)
         pending = {
@@ -208,6 +251,12 @@ def rebuild_shadow(
     """The shadow child: rebuild ``names`` into the fresh SQLite file ``shadow`` up to
     ``until``, printing the position reached on stdout (a few times a second, and last)."""
     chosen = [projection for projection in all_projections() if projection.name in names]
+    if not names or len(chosen) != len(set(names)):
+        print("postback: --shadow needs the names of known projections", file=sys.stderr)
+        return 2
+    if config.dsn is not None or os.path.exists(shadow):
+        print("postback: --shadow needs an SQLite log and a new file", file=sys.stderr)
+        return 2
     return asyncio.run(_rebuild_shadow(config, chosen, shadow, until, batch_size))
 
 

@@ -34,6 +34,7 @@ from eventstore.base import NewEvent
 from eventstore.sqlite import SQLiteEventStore
 from postback import cli, cli_rebuild
 from postback.app import create_app
+from postback.cli_progress import ProgressBar
 from postback.config import Config
 from projections.catalog import all_projections
 from projections.runner import projections_path
@@ -254,10 +255,61 @@ def test_a_failed_shadow_leaves_the_projections_as_they_were(
     monkeypatch.setattr(cli_rebuild, "shadow_command", one_fails)
     code, _, err = run(capsys, "rebuild", "--db", db, "--jobs", "2")
     assert code == 1
-    assert "the child rebuilding goal_stats, subscribers exited with status 3" in err
+    assert "(the child rebuilding goal_stats, subscribers exited with status 3)" in err
+    assert "the projections are as they were" in err
     assert _sql(projections, "SELECT * FROM subscribers ORDER BY subscriber_id") == before
     assert _sql(projections, "SELECT * FROM goal_stats_hourly ORDER BY 1, 2, 3, 4") == stale
     assert [p.name for p in Path(db).parent.iterdir() if "rebuild" in p.name] == []
+
+
+def test_a_signal_before_the_swap_stops_the_children_and_changes_nothing(
+    capsys: pytest.CaptureFixture[str],
+    db: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    projections = projections_path(db)
+    _sql(projections, "UPDATE goal_stats_hourly SET count = count + 5")
+    stale = _sql(projections, "SELECT * FROM goal_stats_hourly ORDER BY 1, 2, 3, 4")
+    pids = tmp_path / "pids"
+
+    def never_done(config: Config, names: Sequence[str], *rest: Any) -> list[str]:
+        script = (
+            "import os, sys, time\n"
+            f"open({str(pids)!r}, 'a').write(f'{{os.getpid()}}\\n')\n"
+            "print(1, flush=True)\n"
+            "time.sleep(60)\n"
+        )
+        return [sys.executable, "-c", script]
+
+    def signalled(self: ProgressBar, position: int, total: int) -> None:
+        # The first child's first report: as if the operator pressed Ctrl-C now.
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(cli_rebuild, "shadow_command", never_done)
+    monkeypatch.setattr(ProgressBar, "update", signalled)
+    code, _, err = run(capsys, "rebuild", "--db", db, "--jobs", "2")
+    assert code == 1
+    assert "rebuild failed (interrupted); the projections are as they were" in err
+    assert _sql(projections, "SELECT * FROM goal_stats_hourly ORDER BY 1, 2, 3, 4") == stale
+    assert [p.name for p in Path(db).parent.iterdir() if "rebuild" in p.name] == []
+    started = [int(line) for line in pids.read_text().split()]
+    assert started
+    for pid in started:  # stopped and reaped
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_shadow_children_refuse_what_they_are_not_for(
+    capsys: pytest.CaptureFixture[str], db: str, tmp_path: Path
+) -> None:
+    shadow = str(tmp_path / "shadow.db")
+    assert run(capsys, "rebuild", "--db", db, "--until", "3")[0] == 2
+    assert run(capsys, "rebuild", "--db", db, f"--shadow={shadow}", "--until=3")[0] == 2
+    code, _, err = run(capsys, "rebuild", "--db", db, f"--shadow={db}", "--until=3", "profiles")
+    assert code == 2
+    assert "a new file" in err
+    assert not Path(shadow).exists()
 
 
 def test_what_the_shadows_did_not_reach_is_applied_after_the_swap(
