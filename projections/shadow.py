@@ -85,6 +85,9 @@ def swap_in(path: str, shards: Sequence[tuple[str, Sequence[Projection]]]) -> di
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode = WAL")
+        # As the runners write this file: a swap lost on power loss leaves the old rows
+        # and checkpoints, which the next catch-up brings forward from the log.
+        conn.execute("PRAGMA synchronous = NORMAL")
         # Every table the projections reset must exist here first: an unqualified name
         # that the main database lacks resolves to an attached database's table, and the
         # reset would drop the shadow's instead.
