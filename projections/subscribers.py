@@ -24,9 +24,9 @@ batch twice changes nothing.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Any, Final
 
 from eventstore.base import RecordedEvent, utc_from_micros
@@ -43,7 +43,8 @@ GOAL_REACHED: Final = "GoalReached"
 PLAYER_ID_ASSIGNED: Final = "PlayerIdAssigned"
 CONTACT_RECORDED: Final = "ContactRecorded"
 DEPOSIT_GOALS: Final = frozenset({"dep", "redep"})
-_SUBSCRIBER_STREAM: Final = re.compile(r"subscriber-([1-9][0-9]*)")
+_SUBSCRIBER_PREFIX: Final = "subscriber-"
+"""A subscriber's stream is this prefix and its id (digits, no leading zero)."""
 
 SCHEMA_SQL: Final[tuple[str, ...]] = (
     """
@@ -100,8 +101,13 @@ def subscriber_of(event: RecordedEvent) -> int | None:
     ``subscriber_id`` of a ``SubscriberCreated``; None for any other event."""
     if event.type == SUBSCRIBER_CREATED:
         return _int(event.data.get("subscriber_id"))
-    match = _SUBSCRIBER_STREAM.fullmatch(event.stream)
-    return int(match.group(1)) if match else None
+    # String methods, not a regular expression: this runs for every event.
+    stream = event.stream
+    if stream.startswith(_SUBSCRIBER_PREFIX):
+        digits = stream[len(_SUBSCRIBER_PREFIX) :]
+        if digits.isascii() and digits.isdigit() and digits[0] != "0":
+            return int(digits)
+    return None
 
 
 def rows_by_id(
@@ -147,7 +153,7 @@ class _Row:
     last_position: int = 0
 
     def values(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in COLUMNS)
+        return _row_values(self)
 
     def created(self, data: dict[str, Any]) -> None:
         self.account_id = _int(data.get("account_id"))
@@ -177,6 +183,7 @@ class _Row:
 
 
 COLUMNS: Final[tuple[str, ...]] = tuple(field.name for field in fields(_Row))
+_row_values: Final = attrgetter(*COLUMNS)
 _REPLACE = upsert("subscribers", COLUMNS, "subscriber_id")
 
 

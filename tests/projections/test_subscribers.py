@@ -32,7 +32,7 @@ from projections.database import SqlConnection
 from projections.goal_stats import format_amount
 from projections.profiles import ProfilesProjection, profile_row
 from projections.runner import Projection, ProjectionRunner
-from projections.subscribers import SubscribersProjection, subscriber_row
+from projections.subscribers import SubscribersProjection, subscriber_of, subscriber_row
 from tests.projections.backends import Scope, examples, transaction
 from tests.projections.conftest import RunnerFactory
 from tests.projections.helpers import postback_meta
@@ -533,3 +533,27 @@ def splits_and_repeats(scope: Scope, log: Log, cuts: list[int], repeats: list[in
             earlier = pieces[repeats[i % len(repeats)] % (i + 1)]
             fold(conn, earlier[repeats[-1] % (len(earlier) + 1) :])
     assert dump(conn) == whole
+
+
+@pytest.mark.parametrize(
+    ("stream", "expected"),
+    [
+        ("subscriber-1", 1),
+        ("subscriber-120", 120),
+        ("subscriber-0", None),
+        ("subscriber-01", None),
+        ("subscriber-", None),
+        ("subscriber--1", None),
+        ("subscriber-1a", None),
+        ("subscriber-\u0661", None),  # an Arabic-Indic digit: a digit, not ASCII
+        ("subscriber-\u00b2", None),  # a superscript two
+        ("subscribers-1", None),
+        ("postback-log", None),
+    ],
+)
+def test_the_subscriber_of_an_event_comes_from_its_stream(
+    stream: str, expected: int | None
+) -> None:
+    event = logged(1, "GoalReached", stream, {"subscriber_id": 99}, minutes(0))
+    assert subscriber_of(event) == expected
+    assert subscriber_of(created(1, 7)) == 7  # SubscriberCreated: its data says
