@@ -76,7 +76,7 @@ def swap_in(path: str, shards: Sequence[tuple[str, Sequence[Projection]]]) -> di
     shadow lacks a projection's checkpoint (it was not rebuilt there), ``sqlite3.Error``
     on the database's errors; either way no row changes.
 
-    The swap holds the file's write lock throughout (about 3 s per million events of
+    The swap holds the file's write lock throughout (about 2 s per million events of
     ``bench/rebuild.py``'s log here): a runner writing the same file waits, and retries
     should that exceed its busy timeout. Every copied page goes through the write-ahead
     log, which is truncated afterwards if no reader holds it.
