@@ -98,6 +98,13 @@ def add_commands(
     verify.add_argument(
         "--limit", type=positive_int, default=5, help="differing rows shown per table (default 5)"
     )
+    verify.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=cli_rebuild.default_jobs(),
+        help="processes for the replay (SQLite): the projections replayed in groups, as"
+        " rebuild does (default: one per core; 1 replays in this process)",
+    )
     database_options(verify)
 
     stats = commands.add_parser(
@@ -187,7 +194,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         if args.command == "rebuild":
             return cli_rebuild.rebuild(config, args.projections, args.batch_size, args.jobs)
         if args.command == "verify":
-            return cli_verify.verify(config, args.anchor, args.limit)
+            return cli_verify.verify(config, args.anchor, args.limit, args.jobs)
         if args.command == "project":
             return cli_projections.project(config, args.batch_size, supervised=args.supervised)
         if args.command == "stats":

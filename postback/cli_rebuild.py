@@ -28,7 +28,7 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from postback.backend import open_store, projection_runner
@@ -119,7 +119,7 @@ async def _rebuild_in_shadows(
         folder = os.path.dirname(target) or "."
         with tempfile.TemporaryDirectory(prefix=".postback-rebuild-", dir=folder) as tmp:
             shards = [(os.path.join(tmp, f"shadow{n}.db"), group) for n, group in enumerate(groups)]
-            building = _build_shadows(config, shards, head, batch_size, bar)
+            building = build_shadows(config, shards, head, batch_size, bar.update)
             failed = await _unless_stopped(building, stop)
             if stop.is_set() or failed:
                 return _unchanged(bar, failed or "interrupted")
@@ -191,24 +191,26 @@ def shadow_command(
     ]
 
 
-async def _build_shadows(
+async def build_shadows(
     config: Config,
     shards: Sequence[tuple[str, Sequence[Projection]]],
     head: int,
     batch_size: int,
-    bar: ProgressBar,
+    on_progress: Callable[[int, int], object],
 ) -> str | None:
-    """Run one shadow child per shard, all at once, with one progress bar (the slowest
-    child's position); None when all succeeded, else what failed (the rest are stopped)."""
+    """Run one shadow child per shard (``(new file, its projections)``), all at once, each
+    up to position ``head``, telling ``on_progress(slowest child's position, head)``;
+    None when all succeeded, else what failed (the others are then stopped)."""
     positions = [0] * len(shards)
     processes: list[asyncio.subprocess.Process] = []
+    pending: dict[asyncio.Future[int], int] = {}
 
     async def follow(index: int, process: asyncio.subprocess.Process) -> int:
         assert process.stdout is not None
         async for line in process.stdout:
             with contextlib.suppress(ValueError):
                 positions[index] = int(line)
-                bar.update(min(positions), head)
+                on_progress(min(positions), head)
         return await process.wait()
 
     try:
@@ -224,10 +226,8 @@ async def _build_shadows(
                 start_new_session=True,
             )
             processes.append(process)
-        pending = {
-            asyncio.ensure_future(follow(index, process)): index
-            for index, process in enumerate(processes)
-        }
+        for index, process in enumerate(processes):
+            pending[asyncio.ensure_future(follow(index, process))] = index
         while pending:
             done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -243,6 +243,9 @@ async def _build_shadows(
                 with contextlib.suppress(ProcessLookupError):
                     process.terminate()
                 await process.wait()
+        for following in pending:
+            following.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 def rebuild_shadow(

@@ -5,21 +5,29 @@ anchor when given); the live projections are caught up, one snapshot of them is 
 every projection is replayed from position 0 up to that snapshot's checkpoint into an empty
 database of the same kind (a temporary SQLite file, or a temporary PostgreSQL schema:
 :func:`postback.backend.scratch_projection_database`), then compared table by table, row by
-row (:func:`projections.verify.compare_projections`). Results on stdout; exit 0 when all is
-well, 1 otherwise.
+row (:func:`projections.verify.compare_projections`). On SQLite with ``--jobs`` above 1
+(the default on a machine with several cores) the replay runs in child processes, a group
+of projections each, as ``postback rebuild`` runs (:func:`postback.cli_rebuild.build_shadows`);
+the comparison is the same. Results on stdout; exit 0 when all is well, 1 otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import tempfile
 from dataclasses import dataclass
 
-from eventstore.base import VerifyReport
+from eventstore.base import EventStore, VerifyReport
 from postback.backend import open_store, projection_runner, scratch_projection_database
 from postback.cli_progress import LogView
+from postback.cli_rebuild import build_shadows
 from postback.config import Config
 from projections.catalog import all_projections
+from projections.database import SqlConnection, SQLiteProjectionDatabase
 from projections.runner import ProjectionRunner
+from projections.shadow import plan_shards
 from projections.verify import (
     DEFAULT_LIMIT,
     ProjectionDiff,
@@ -27,6 +35,9 @@ from projections.verify import (
     format_report,
     read_checkpoints,
 )
+
+DEFAULT_BATCH = 5000
+"""Events per batch of a replay child (as ``rebuild``'s default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,14 +52,29 @@ class Verification:
     diffs: list[ProjectionDiff]
 
 
+class ReplayFailedError(RuntimeError):
+    """A replay child failed: the projections could not be compared."""
+
+
 async def check(
-    config: Config, anchor: tuple[int, bytes] | None, limit: int = DEFAULT_LIMIT
+    config: Config, anchor: tuple[int, bytes] | None, limit: int = DEFAULT_LIMIT, jobs: int = 1
 ) -> Verification:
-    """Verify the configured log and its projections (see the module docstring)."""
+    """Verify the configured log and its projections (see the module docstring).
+
+    ``jobs`` above 1 (SQLite, as ``postback verify`` runs it on a machine with several
+    cores): the replay is split as ``postback rebuild`` splits a rebuild, each group
+    replayed by a child process into a file of its own
+    (:func:`postback.cli_rebuild.build_shadows`), and each group compared with its file.
+    """
     projections = all_projections()
+    in_children = config.dsn is None and jobs > 1
     store = await open_store(config, must_exist=True, poll_interval=None)
+    # The hash chain is checked in a thread and a connection of its own: while children
+    # replay, at the same time; otherwise first (one Python thread at a time).
+    verifying = asyncio.ensure_future(store.verify(anchor))
     try:
-        report = await store.verify(anchor)
+        if not in_children:
+            await asyncio.wait({verifying})
         live = projection_runner(store, config)
         try:
             await live.catch_up()
@@ -57,22 +83,61 @@ async def check(
             async with live.database.snapshot() as live_conn:
                 stored = await asyncio.to_thread(read_checkpoints, live_conn)
                 position = min(stored.get(p.name, 0) for p in projections)
-                async with scratch_projection_database(config) as scratch:
-                    view = LogView(store, until=position)
-                    fresh = ProjectionRunner(view.as_store(), projections, database=scratch)
-                    try:
-                        replayed = await fresh.catch_up()
-                        async with scratch.snapshot() as fresh_conn:
-                            diffs = await asyncio.to_thread(
-                                compare_projections, live_conn, fresh_conn, projections, limit
-                            )
-                    finally:
-                        await fresh.close()
+                if in_children:
+                    replayed, diffs = await _replay_in_children(
+                        config, live_conn, position, jobs, limit
+                    )
+                else:
+                    replayed, diffs = await _replay_here(config, store, live_conn, position, limit)
         finally:
             await live.close()
+        report = await verifying
     finally:
+        verifying.cancel()
+        await asyncio.gather(verifying, return_exceptions=True)
         await store.close()
     return Verification(report, position, replayed, diffs)
+
+
+async def _replay_here(
+    config: Config, store: EventStore, live_conn: SqlConnection, position: int, limit: int
+) -> tuple[int, list[ProjectionDiff]]:
+    projections = all_projections()
+    async with scratch_projection_database(config) as scratch:
+        view = LogView(store, until=position)
+        fresh = ProjectionRunner(view.as_store(), projections, database=scratch)
+        try:
+            replayed = await fresh.catch_up()
+            async with scratch.snapshot() as fresh_conn:
+                diffs = await asyncio.to_thread(
+                    compare_projections, live_conn, fresh_conn, projections, limit
+                )
+        finally:
+            await fresh.close()
+    return replayed, diffs
+
+
+async def _replay_in_children(
+    config: Config, live_conn: SqlConnection, position: int, jobs: int, limit: int
+) -> tuple[int, list[ProjectionDiff]]:
+    projections = all_projections()
+    order = {projection.name: index for index, projection in enumerate(projections)}
+    replayed = position
+    diffs: list[ProjectionDiff] = []
+    with tempfile.TemporaryDirectory(prefix="postback-verify-") as tmp:
+        groups = plan_shards(projections, jobs)
+        shards = [(os.path.join(tmp, f"replay{n}.db"), group) for n, group in enumerate(groups)]
+        failed = await build_shadows(config, shards, position, DEFAULT_BATCH, lambda *_: None)
+        if failed:
+            raise ReplayFailedError(failed)
+        for path, group in shards:
+            async with SQLiteProjectionDatabase(path).snapshot() as fresh_conn:
+                reached = await asyncio.to_thread(read_checkpoints, fresh_conn)
+                replayed = min(replayed, *(reached.get(p.name, 0) for p in group))
+                diffs += await asyncio.to_thread(
+                    compare_projections, live_conn, fresh_conn, group, limit
+                )
+    return replayed, sorted(diffs, key=lambda diff: order[diff.name])
 
 
 def _print_log_report(report: VerifyReport) -> None:
@@ -87,9 +152,15 @@ def _print_log_report(report: VerifyReport) -> None:
         print(f"log: {finding.detail}")
 
 
-def verify(config: Config, anchor: tuple[int, bytes] | None, limit: int = DEFAULT_LIMIT) -> int:
+def verify(
+    config: Config, anchor: tuple[int, bytes] | None, limit: int = DEFAULT_LIMIT, jobs: int = 1
+) -> int:
     """Print the report; 0 when the log and every projection check out, 1 otherwise."""
-    found = asyncio.run(check(config, anchor, limit))
+    try:
+        found = asyncio.run(check(config, anchor, limit, jobs))
+    except ReplayFailedError as exc:
+        print(f"postback: verify could not replay the projections: {exc}", file=sys.stderr)
+        return 1
     report, position, replayed = found.log, found.position, found.replayed
     _print_log_report(report)
     ok = all(diff.ok for diff in found.diffs)

@@ -157,6 +157,34 @@ def test_verify_names_a_corrupted_projection_row_and_rebuild_repairs_it(
     assert run(capsys, "verify", "--db", db)[0] == 0
 
 
+def test_verify_replays_in_children_or_here_alike(
+    capsys: pytest.CaptureFixture[str], db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    projections = projections_path(db)
+    _sql(projections, "UPDATE goal_stats_hourly SET count = count + 5")
+    _sql(projections, "DELETE FROM subscribers WHERE subscriber_id = 1")
+    here = run(capsys, "verify", "--db", db, "--jobs", "1")
+    assert here[0] == 1
+    assert "goal_stats: DIFFERS" in here[1]
+    assert "subscribers: DIFFERS" in here[1]
+    for jobs in ("2", "5"):
+        assert run(capsys, "verify", "--db", db, "--jobs", jobs) == here
+
+    real = cli_rebuild.shadow_command
+
+    def one_fails(config: Config, names: Sequence[str], *rest: Any) -> list[str]:
+        if "subscribers" in names:
+            return [sys.executable, "-c", "import sys; sys.exit(4)"]
+        return real(config, names, *rest)
+
+    monkeypatch.setattr(cli_rebuild, "shadow_command", one_fails)
+    code, out, err = run(capsys, "verify", "--db", db, "--jobs", "2")
+    assert code == 1
+    assert "verify could not replay the projections" in err
+    assert "exited with status 4" in err
+    assert "verify: OK" not in out
+
+
 def test_verify_reports_missing_and_extra_rows(capsys: pytest.CaptureFixture[str], db: str) -> None:
     assert run(capsys, "verify", "--db", db)[0] == 0
     projections = projections_path(db)
@@ -334,6 +362,7 @@ def test_what_the_shadows_did_not_reach_is_applied_after_the_swap(
     assert code == 0, err
     assert f"from {last:,} events" in out
     assert set(_checkpoints(db).values()) == {last}
+    monkeypatch.undo()  # verify's replay children go all the way
     assert run(capsys, "verify", "--db", db)[0] == 0
 
 
