@@ -100,6 +100,19 @@ def _export(capsys: pytest.CaptureFixture[str], db: str, *extra: str) -> list[di
 # -- verify ---------------------------------------------------------------------------------
 
 
+def _fail_the_child_of(monkeypatch: pytest.MonkeyPatch, projection: str, status: int) -> None:
+    """The shadow child of ``projection``'s group (rebuild's or verify's) exits ``status``
+    at once; the other children run as usual."""
+    real = cli_rebuild.shadow_command
+
+    def one_fails(config: Config, names: Sequence[str], *rest: Any) -> list[str]:
+        if projection in names:
+            return [sys.executable, "-c", f"import sys; sys.exit({status})"]
+        return real(config, names, *rest)
+
+    monkeypatch.setattr(cli_rebuild, "shadow_command", one_fails)
+
+
 def test_verify_clean_log_exits_0_and_prints_an_anchor(
     capsys: pytest.CaptureFixture[str], db: str
 ) -> None:
@@ -170,14 +183,7 @@ def test_verify_replays_in_children_or_here_alike(
     for jobs in ("2", "5"):
         assert run(capsys, "verify", "--db", db, "--jobs", jobs) == here
 
-    real = cli_rebuild.shadow_command
-
-    def one_fails(config: Config, names: Sequence[str], *rest: Any) -> list[str]:
-        if "subscribers" in names:
-            return [sys.executable, "-c", "import sys; sys.exit(4)"]
-        return real(config, names, *rest)
-
-    monkeypatch.setattr(cli_rebuild, "shadow_command", one_fails)
+    _fail_the_child_of(monkeypatch, "subscribers", status=4)
     code, out, err = run(capsys, "verify", "--db", db, "--jobs", "2")
     assert code == 1
     assert "verify could not replay the projections" in err
@@ -274,14 +280,7 @@ def test_a_failed_shadow_leaves_the_projections_as_they_were(
     before = _sql(projections, "SELECT * FROM subscribers ORDER BY subscriber_id")
     _sql(projections, "UPDATE goal_stats_hourly SET count = count + 5")
     stale = _sql(projections, "SELECT * FROM goal_stats_hourly ORDER BY 1, 2, 3, 4")
-    real = cli_rebuild.shadow_command
-
-    def one_fails(config: Config, names: Sequence[str], *rest: Any) -> list[str]:
-        if "subscribers" in names:
-            return [sys.executable, "-c", "import sys; sys.exit(3)"]
-        return real(config, names, *rest)
-
-    monkeypatch.setattr(cli_rebuild, "shadow_command", one_fails)
+    _fail_the_child_of(monkeypatch, "subscribers", status=3)
     code, _, err = run(capsys, "rebuild", "--db", db, "--jobs", "2")
     assert code == 1
     (group,) = [
