@@ -124,7 +124,7 @@ async def open_connection(path: str, pragmas: Sequence[str] = ()) -> aiosqlite.C
 
     def configure(raw: sqlite3.Connection) -> None:
         for pragma in pragmas:
-            raw.execute(pragma)
+            _execute_pragma(raw, pragma)
 
     try:
         await run_in_thread(conn, configure)
@@ -132,6 +132,24 @@ async def open_connection(path: str, pragmas: Sequence[str] = ()) -> aiosqlite.C
         await conn.close()
         raise
     return conn
+
+
+_PRAGMA_BUSY_RETRIES: Final = 100
+_PRAGMA_BUSY_PAUSE: Final = 0.02
+
+
+def _execute_pragma(raw: sqlite3.Connection, pragma: str) -> None:
+    # Two connections switching a new file to WAL at the same moment both hold its shared
+    # lock and want the exclusive one: SQLite breaks that deadlock by answering BUSY at
+    # once to one of them, without the busy handler. Try again (about 2 s at most).
+    for attempt in range(_PRAGMA_BUSY_RETRIES + 1):
+        try:
+            raw.execute(pragma)
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or attempt == _PRAGMA_BUSY_RETRIES:
+                raise
+            time.sleep(_PRAGMA_BUSY_PAUSE)
 
 
 class SQLiteEventStore(EventStore):

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from eventstore import sqlite as sqlite_module
 from eventstore.base import NO_STREAM, AppendResult, NewEvent
 from eventstore.errors import ConcurrencyError, EventStoreError, StoreUnavailableError
 from eventstore.sqlite import SQLiteEventStore
@@ -221,3 +222,39 @@ async def test_a_read_that_would_wait_goes_to_the_reader_thread(
             assert len(hops) == 3
         finally:
             store._inline = inline
+
+
+def test_a_pragma_answered_busy_at_once_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What two connections switching one new file to WAL at once can get: BUSY with no
+    # wait (the busy handler is skipped to break their deadlock). Here another connection
+    # holds the file's lock until the first pause.
+    path = str(tmp_path / "new.db")
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    raw = sqlite3.connect(path, isolation_level=None, timeout=0)
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        if blocker.in_transaction:
+            blocker.execute("COMMIT")
+
+    monkeypatch.setattr(sqlite_module.time, "sleep", pause)
+    sqlite_module._execute_pragma(raw, "PRAGMA journal_mode = WAL")
+    assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert len(pauses) == 1
+
+    # Held for good: BUSY after the last try; another error at once.
+    blocker.execute("BEGIN EXCLUSIVE")
+    monkeypatch.setattr(sqlite_module.time, "sleep", pauses.append)
+    pauses.clear()
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        sqlite_module._execute_pragma(raw, "PRAGMA journal_mode = DELETE")
+    assert len(pauses) == sqlite_module._PRAGMA_BUSY_RETRIES
+    with pytest.raises(sqlite3.OperationalError, match="syntax"):
+        sqlite_module._execute_pragma(raw, "PRAGMA (")
+    blocker.execute("COMMIT")
+    for conn in (blocker, raw):
+        conn.close()
