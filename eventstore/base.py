@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import operator
 import random
 import time
 import uuid
@@ -224,18 +225,7 @@ class RecordedEvent:
         return value
 
     def _values(self) -> tuple[Any, ...]:
-        return (
-            self.position,
-            self.stream,
-            self.version,
-            self.event_id,
-            self.type,
-            self.schema_version,
-            self.data,
-            self.metadata,
-            self.recorded_at,
-            self.hash,
-        )
+        return _event_values(self)
 
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not self.__class__:
@@ -248,6 +238,9 @@ class RecordedEvent:
     def __repr__(self) -> str:
         pairs = zip(self.__match_args__, self._values(), strict=True)
         return f"RecordedEvent({', '.join(f'{name}={value!r}' for name, value in pairs)})"
+
+
+_event_values: Final = operator.attrgetter(*RecordedEvent.__match_args__)
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,7 +65,12 @@ def add_commands(
         " whole log again. Progress on stderr, a summary on stdout.",
     )
     rebuild.add_argument("projections", nargs="*", metavar="PROJECTION")
-    rebuild.add_argument("--batch-size", type=positive_int, default=5000, help="events per batch")
+    rebuild.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=cli_rebuild.DEFAULT_BATCH_SIZE,
+        help="events per batch",
+    )
     rebuild.add_argument(
         "--jobs",
         type=positive_int,
@@ -150,7 +155,12 @@ def add_commands(
         " or a project); another project follows the leader's checkpoints and takes over"
         " when the leader stops (within POSTBACK_LEADER_RETRY seconds).",
     )
-    project.add_argument("--batch-size", type=positive_int, default=5000, help="events per batch")
+    project.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=cli_rebuild.DEFAULT_BATCH_SIZE,
+        help="events per batch",
+    )
     project.add_argument(
         "--supervised",
         action="store_true",

@@ -31,6 +31,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
+from eventstore.errors import EventStoreError
 from postback.backend import open_store, projection_runner
 from postback.cli_progress import LogView, ProgressBar
 from postback.config import Config
@@ -41,6 +42,9 @@ from projections.runner import Projection, ProjectionRunner, projections_path
 from projections.shadow import plan_shards, swap_in
 
 T = TypeVar("T")
+
+DEFAULT_BATCH_SIZE = 5000
+"""Events per batch of a rebuild (and of verify's replay), unless told."""
 
 _SHADOW_REPORT_INTERVAL = 0.25
 """Seconds between a shadow child's progress lines."""
@@ -126,7 +130,7 @@ async def _rebuild_in_shadows(
             try:
                 # Not interruptible: a signal now takes effect once it has committed.
                 await asyncio.to_thread(swap_in, target, shards)
-            except (sqlite3.Error, ValueError) as exc:
+            except (sqlite3.Error, EventStoreError, ValueError) as exc:
                 return _unchanged(bar, f"swapping the shadows in: {exc}")
         if stop.is_set():
             bar.end_line()

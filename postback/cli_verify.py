@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from eventstore.base import EventStore, VerifyReport
 from postback.backend import open_store, projection_runner, scratch_projection_database
 from postback.cli_progress import LogView
-from postback.cli_rebuild import build_shadows
+from postback.cli_rebuild import DEFAULT_BATCH_SIZE, build_shadows
 from postback.config import Config
 from projections.catalog import all_projections
 from projections.database import SqlConnection, SQLiteProjectionDatabase
@@ -35,9 +35,6 @@ from projections.verify import (
     format_report,
     read_checkpoints,
 )
-
-DEFAULT_BATCH = 5000
-"""Events per batch of a replay child (as ``rebuild``'s default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +124,7 @@ async def _replay_in_children(
     with tempfile.TemporaryDirectory(prefix="postback-verify-") as tmp:
         groups = plan_shards(projections, jobs)
         shards = [(os.path.join(tmp, f"replay{n}.db"), group) for n, group in enumerate(groups)]
-        failed = await build_shadows(config, shards, position, DEFAULT_BATCH, lambda *_: None)
+        failed = await build_shadows(config, shards, position, DEFAULT_BATCH_SIZE, lambda *_: None)
         if failed:
             raise ReplayFailedError(failed)
         for path, group in shards:

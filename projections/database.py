@@ -197,7 +197,9 @@ def _try_flock(path: str) -> int | None:
     return fd
 
 
-def _transaction(conn: sqlite3.Connection, fn: Callable[[SqlConnection], T]) -> T:
+def write_transaction(conn: sqlite3.Connection, fn: Callable[[SqlConnection], T]) -> T:
+    """``fn(conn)`` in a ``BEGIN IMMEDIATE`` transaction: committed, or rolled back (if
+    SQLite has not already) and raised; a programming error as ``EventStoreError``."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         result = fn(conn)
@@ -311,7 +313,7 @@ class SQLiteProjectionDatabase(ProjectionDatabase):
 
     async def transaction(self, fn: Callable[[SqlConnection], T], *, notify: bool = False) -> T:
         writer, _ = self._connections()
-        return await run_in_thread(writer, lambda raw: _transaction(raw, fn))
+        return await run_in_thread(writer, lambda raw: write_transaction(raw, fn))
 
     async def read(self, fn: Callable[[SqlConnection], T]) -> T:
         _, reader = self._connections()

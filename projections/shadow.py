@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from projections import checkpoints
+from projections.database import SqlConnection, write_transaction
 from projections.verify import owned_tables, quote
 
 if TYPE_CHECKING:
@@ -74,7 +75,8 @@ def swap_in(path: str, shards: Sequence[tuple[str, Sequence[Projection]]]) -> di
     (its tables dropped and created again, read indexes included) and each of its tables
     filled with ``INSERT INTO ... SELECT *`` from its shadow. Raises ``ValueError`` if a
     shadow lacks a projection's checkpoint (it was not rebuilt there), ``sqlite3.Error``
-    on the database's errors; either way no row changes.
+    on the database's errors (``EventStoreError`` for a programming error); either way no
+    row changes.
 
     The swap holds the file's write lock throughout (about 2 s per million events of
     ``bench/rebuild.py``'s log here): a runner writing the same file waits, and retries
@@ -92,16 +94,16 @@ def swap_in(path: str, shards: Sequence[tuple[str, Sequence[Projection]]]) -> di
         # that the main database lacks resolves to an attached database's table, and the
         # reset would drop the shadow's instead.
         everything = [projection for _shadow, projections in shards for projection in projections]
-        _in_transaction(conn, lambda: checkpoints.setup(conn, everything))
+        write_transaction(conn, lambda tx: checkpoints.setup(tx, everything))
         # ATTACH is refused inside a transaction: every shadow first, then one transaction.
         for index, (shadow, _projections) in enumerate(shards):
             conn.execute(f"ATTACH DATABASE ? AS shadow{index}", (shadow,))
-        reached = _in_transaction(
+        reached = write_transaction(
             conn,
-            lambda: {
+            lambda tx: {
                 name: position
                 for index, (_shadow, projections) in enumerate(shards)
-                for name, position in _copy_shard(conn, f"shadow{index}", projections).items()
+                for name, position in _copy_shard(tx, f"shadow{index}", projections).items()
             },
         )
         # The log now holds a copy of every row; give the disk back (best effort: a
@@ -114,20 +116,8 @@ def swap_in(path: str, shards: Sequence[tuple[str, Sequence[Projection]]]) -> di
         conn.close()
 
 
-def _in_transaction(conn: sqlite3.Connection, fn: Callable[[], T]) -> T:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = fn()
-    except BaseException:
-        if conn.in_transaction:  # SQLite may have rolled back already (disk full, I/O)
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    return result
-
-
 def _copy_shard(
-    conn: sqlite3.Connection, schema: str, projections: Sequence[Projection]
+    conn: SqlConnection, schema: str, projections: Sequence[Projection]
 ) -> dict[str, int]:
     rows = conn.execute(f"SELECT name, position FROM {schema}.projection_checkpoints")
     stored = {str(name): int(position) for name, position in rows}
