@@ -18,13 +18,13 @@ from aiohttp import web
 
 from eventstore.errors import EventStoreError
 from postback import cli_analyst, migrate
-from postback.access_log import JsonAccessLogger
 from postback.app import create_app
 from postback.backend import LogUnavailableError, MissingLogError, describe
 from postback.config import PROJECTORS, Config, ConfigError
 from postback.demo import run_demo
 from postback.offline import create_account_offline
 from postback.runtime import tune_process
+from postback.server import make_runner
 from postback.signals import stop_on_signals
 
 
@@ -84,7 +84,7 @@ async def serve(config: Config) -> None:
     Once listening it prints ``postback: serving DB on http://HOST:PORT`` with the port
     actually bound, so ``--port 0`` (any free port) works for tests and scripts.
     """
-    runner = web.AppRunner(create_app(config), access_log_class=JsonAccessLogger)
+    runner = make_runner(create_app(config))
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.host, config.port)
