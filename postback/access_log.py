@@ -6,13 +6,15 @@ import orjson
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
+from postback.proxies import source_of
+
 
 class JsonAccessLogger(AbstractAccessLogger):
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         self.logger.info(
             orjson.dumps(
                 {
-                    "remote": request.remote,
+                    "remote": source_of(request),
                     "method": request.method,
                     "path": request.path,
                     "status": response.status,

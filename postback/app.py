@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from eventstore import EventStoreError, StoreUnavailableError
 from postback import deliveries_api, operator, partner, postbacks, stats
@@ -24,6 +25,7 @@ from postback.http import json_response
 from postback.keys import CONFIG, DIRECTORY, METRICS, PARTNERS, STORE
 from postback.metrics import Metrics
 from postback.outbox import CLOCK, Clock
+from postback.proxies import trusted_source
 from postback.service import PartnerService
 from projections.runner import ProjectionStoppedError
 
@@ -133,7 +135,10 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 def create_app(config: Config, *, clock: Clock | None = None) -> web.Application:
     """The service. ``clock`` is the outbox's time (tests move it by hand)."""
-    app = web.Application(middlewares=[measured, errors_as_json], client_max_size=1024**2)
+    middlewares: list[Middleware] = [measured, errors_as_json]
+    if config.trusted_proxies:
+        middlewares.insert(0, trusted_source(config.trusted_proxies))
+    app = web.Application(middlewares=middlewares, client_max_size=1024**2)
     app[CONFIG] = config
     app[METRICS] = Metrics()
     if clock is not None:

@@ -8,6 +8,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from postback.proxies import Network, parse_networks
+
 PROJECTORS = ("process", "inline")
 """Where ``serve`` may run the projections and the outbox (see ``Config.projector``)."""
 
@@ -46,6 +48,8 @@ class Config:
     outbox_breaker_cooldown: float = 60.0
     # Webhooks to loopback, private, link-local... addresses (refused by default: SSRF).
     webhook_allow_private: bool = False
+    # Reverse proxies whose X-Forwarded-For gives the source address (postback/proxies.py).
+    trusted_proxies: tuple[Network, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("outbox_concurrency", "outbox_max_attempts", "outbox_breaker_failures"):
@@ -131,4 +135,5 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "POSTBACK_OUTBOX_BREAKER_FAILURES": ("outbox_breaker_failures", _count),
     "POSTBACK_OUTBOX_BREAKER_COOLDOWN": ("outbox_breaker_cooldown", _seconds),
     "POSTBACK_WEBHOOK_ALLOW_PRIVATE": ("webhook_allow_private", _switch),
+    "POSTBACK_TRUSTED_PROXIES": ("trusted_proxies", parse_networks),
 }

@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from postback.errors import ApiError, bad_request
+from postback.proxies import source_of
 
 MAX_RECORDED = 8192  # characters of a raw query or body kept in the postback log
 MAX_FIELD = 1024  # characters of one parameter kept in the log's summary fields
@@ -75,16 +76,19 @@ def partner_params(request: web.Request, body: bytes) -> dict[str, str]:
 
 def request_record(request: web.Request, endpoint: str, body: bytes) -> dict[str, Any]:
     """What the postback log keeps of a request (the answer is added later)."""
-    return {
+    record: dict[str, Any] = {
         "request_id": str(uuid.uuid4()),
         "endpoint": endpoint,
         "method": request.method,
         "path": clean(request.path)[:MAX_FIELD],
         "query": clean(request.rel_url.raw_query_string)[:MAX_RECORDED],
         "body": body.decode("utf-8", "replace")[:MAX_RECORDED],
-        "ip": request.remote,
+        "ip": source_of(request),
         "received_at": datetime.now(UTC).isoformat(),
     }
+    if record["ip"] != request.remote:  # through a trusted proxy: keep who sent it too
+        record["peer"] = request.remote
+    return record
 
 
 def summarize(record: dict[str, Any], params: dict[str, str]) -> None:

@@ -41,15 +41,18 @@ async def log_settings(
 def make_client(aiohttp_client: Any, log_settings: dict[str, str]) -> MakeClient:
     """Start the real app (``create_app``) on this test's log and a client to it.
 
-    ``db``: another SQLite file instead (ignored on PostgreSQL, where the log is the schema).
+    ``db``: another SQLite file instead (ignored on PostgreSQL, where the log is the schema);
+    other keywords are fields of the ``Config``.
     """
 
-    async def make(*, admin_token: str | None = ADMIN, db: str | None = None) -> Client:
+    async def make(
+        *, admin_token: str | None = ADMIN, db: str | None = None, **config: Any
+    ) -> Client:
         settings = dict(log_settings)
         if db is not None and "db_path" in settings:
             settings["db_path"] = db
-        config = Config(**settings, admin_token=admin_token)
-        client: Client = await aiohttp_client(create_app(config))
+        app = create_app(Config(**settings, **config, admin_token=admin_token))
+        client: Client = await aiohttp_client(app)
         return client
 
     return make
