@@ -1,18 +1,18 @@
 """``postback rebuild``: the projections built again from the log, in parallel where it can.
 
-* **SQLite projections, several projections, ``--jobs`` above 1** (the default on a
-  machine with several cores): the projections are split into ``--jobs`` groups of about
+* **Several projections, ``--jobs`` above 1** (the default on a machine with several
+  cores), on either backend: the projections are split into ``--jobs`` groups of about
   equal cost (:func:`projections.shadow.plan_shards`); each group is rebuilt by a child
-  ``postback rebuild --shadow FILE`` into a file of its own, up to the log's position when
-  the command started; then :func:`projections.shadow.swap_in` replaces the live tables
-  by the shadows' in one transaction, and the projections catch up with whatever was
-  appended meanwhile. Readers (a running ``serve``) see the old rows until the swap and
-  the new ones after it. The shadows live in a temporary directory beside the
-  projections file (they need as much disk as the projections), removed at the end
-  whether the rebuild succeeded or not; a failed or interrupted rebuild leaves the live
-  projections untouched, as does a SIGINT or SIGTERM before the swap (one during it takes
-  effect once it has committed).
-* **Otherwise** (PostgreSQL, one projection, ``--jobs 1``): in place, in this process
+  ``postback rebuild --shadow SHADOW`` into a shadow of its own (:mod:`postback.shadows`:
+  a new SQLite file beside the projections file, or a new PostgreSQL schema), up to the
+  log's position when the command started; then the shadows replace the live tables in
+  one transaction (:func:`postback.shadows.swap_shadows_in`), and the projections catch
+  up with whatever was appended meanwhile. Readers (a running ``serve``) see the old rows
+  until the swap and the new ones after it. The shadows are removed at the end whether
+  the rebuild succeeded or not; a failed or interrupted rebuild leaves the live
+  projections untouched, as does a SIGINT or SIGTERM before the swap (one during it
+  takes effect once it has committed).
+* **Otherwise** (one projection, ``--jobs 1``): in place, in this process
   (:meth:`projections.runner.ProjectionRunner.rebuild`): readers see partial rows until
   it has caught up.
 
@@ -26,7 +26,6 @@ import contextlib
 import os
 import sqlite3
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
@@ -35,11 +34,11 @@ from eventstore.errors import EventStoreError
 from postback.backend import open_store, projection_runner
 from postback.cli_progress import LogView, ProgressBar
 from postback.config import Config
+from postback.shadows import shadow_database, shadow_places, swap_shadows_in
 from postback.signals import stop_on_signals
 from projections.catalog import all_projections
-from projections.database import SQLiteProjectionDatabase
-from projections.runner import Projection, ProjectionRunner, projections_path
-from projections.shadow import plan_shards, swap_in
+from projections.runner import Projection, ProjectionRunner
+from projections.shadow import plan_shards
 
 T = TypeVar("T")
 
@@ -69,7 +68,7 @@ def rebuild(config: Config, names: Sequence[str], batch_size: int, jobs: int) ->
         return 2
     wanted = list(dict.fromkeys(names)) or known
     chosen = [projection for projection in all_projections() if projection.name in wanted]
-    if config.dsn is None and jobs > 1 and len(chosen) > 1:
+    if jobs > 1 and len(chosen) > 1:
         return asyncio.run(_rebuild_in_shadows(config, wanted, chosen, batch_size, jobs))
     return asyncio.run(_rebuild_in_place(config, wanted, batch_size))
 
@@ -117,19 +116,17 @@ async def _rebuild_in_shadows(
     try:
         started = time.perf_counter()
         head = await store.last_position()
-        target = projections_path(config.db_path)
         groups = plan_shards(chosen, jobs)
         bar = ProgressBar("rebuild")
-        folder = os.path.dirname(target) or "."
-        with tempfile.TemporaryDirectory(prefix=".postback-rebuild-", dir=folder) as tmp:
-            shards = [(os.path.join(tmp, f"shadow{n}.db"), group) for n, group in enumerate(groups)]
+        async with shadow_places(config, len(groups), "rebuild") as places:
+            shards = list(zip(places, groups, strict=True))
             building = build_shadows(config, shards, head, batch_size, bar.update)
             failed = await _unless_stopped(building, stop)
             if stop.is_set() or failed:
                 return _unchanged(bar, failed or "interrupted")
             try:
                 # Not interruptible: a signal now takes effect once it has committed.
-                await asyncio.to_thread(swap_in, target, shards)
+                await swap_shadows_in(config, shards)
             except (sqlite3.Error, EventStoreError, ValueError) as exc:
                 return _unchanged(bar, f"swapping the shadows in: {exc}")
         if stop.is_set():
@@ -145,11 +142,12 @@ async def _rebuild_in_shadows(
         runner = projection_runner(view.as_store(), config, batch_size=batch_size)
         try:
             position = await runner.catch_up()
+            where = runner.database.describe()
         finally:
             await runner.close()
         seconds = time.perf_counter() - started
         bar.finish(position, max(view.head, position))
-        _summary(names, position, seconds, f"{target} ({len(groups)} processes)")
+        _summary(names, position, seconds, f"{where} ({len(groups)} processes)")
     finally:
         await store.close()
     return 0
@@ -179,20 +177,31 @@ def shadow_command(
     config: Config, names: Sequence[str], shadow: str, until: int, batch_size: int
 ) -> list[str]:
     """The child that rebuilds ``names`` into ``shadow`` up to position ``until``
-    (``-P``: the working directory is not put on ``sys.path``)."""
-    return [
+    (``-P``: the working directory is not put on ``sys.path``). On PostgreSQL the DSN goes
+    in the child's environment (:func:`shadow_environment`), where a password is not
+    shown to every user of the machine as a command line is."""
+    log = [f"--db={config.db_path}"] if config.dsn is None else []  # one argument each:
+    return [  # a path may start with "-"
         sys.executable,
         "-P",
         "-m",
         "postback",
         "rebuild",
-        f"--db={config.db_path}",  # one argument each: a path may start with "-"
+        *log,
         f"--batch-size={batch_size}",
         f"--shadow={shadow}",
         f"--until={until}",
         "--",
         *names,
     ]
+
+
+def shadow_environment(config: Config) -> dict[str, str]:
+    """The environment of a shadow child: this one, with the log's DSN (PostgreSQL)."""
+    environment = dict(os.environ)
+    if config.dsn is not None:
+        environment["POSTBACK_DSN"] = config.dsn
+    return environment
 
 
 async def build_shadows(
@@ -222,6 +231,7 @@ async def build_shadows(
             command = shadow_command(config, [p.name for p in group], path, head, batch_size)
             process = await asyncio.create_subprocess_exec(
                 *command,
+                env=shadow_environment(config),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 # Its own session: a Ctrl-C reaches this process only, which stops the
@@ -255,16 +265,22 @@ async def build_shadows(
 def rebuild_shadow(
     config: Config, names: Sequence[str], shadow: str, until: int, batch_size: int
 ) -> int:
-    """The shadow child: rebuild ``names`` into the fresh SQLite file ``shadow`` up to
-    ``until``, printing the position reached on stdout (a few times a second, and last)."""
+    """The shadow child: rebuild ``names`` into ``shadow`` (a new SQLite file, or an empty
+    PostgreSQL schema) up to ``until``, printing the position reached on stdout (a few
+    times a second, and last)."""
     chosen = [projection for projection in all_projections() if projection.name in names]
     if not names or len(chosen) != len(set(names)):
         print("postback: --shadow needs the names of known projections", file=sys.stderr)
         return 2
-    if config.dsn is not None or os.path.exists(shadow):
-        print("postback: --shadow needs an SQLite log and a new file", file=sys.stderr)
+    if config.dsn is None and os.path.exists(shadow):
+        print("postback: --shadow needs a new file", file=sys.stderr)
         return 2
     return asyncio.run(_rebuild_shadow(config, chosen, shadow, until, batch_size))
+
+
+_TABLES_HERE = (
+    "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema()"
+)
 
 
 async def _rebuild_shadow(
@@ -281,13 +297,14 @@ async def _rebuild_shadow(
                 print(position, flush=True)
 
         view = LogView(store, until=until, on_progress=report)
-        runner = ProjectionRunner(
-            view.as_store(),
-            chosen,
-            database=SQLiteProjectionDatabase(shadow, scratch=True),
-            batch_size=batch_size,
-        )
+        database = shadow_database(config, shadow)
+        runner = ProjectionRunner(view.as_store(), chosen, database=database, batch_size=batch_size)
         try:
+            if config.dsn is not None:
+                tables = await database.read(lambda conn: conn.execute(_TABLES_HERE).fetchone())
+                if tables[0]:
+                    print("postback: --shadow needs an empty schema", file=sys.stderr)
+                    return 2
             position = await runner.rebuild()
         finally:
             await runner.close()

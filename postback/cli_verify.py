@@ -5,18 +5,17 @@ anchor when given); the live projections are caught up, one snapshot of them is 
 every projection is replayed from position 0 up to that snapshot's checkpoint into an empty
 database of the same kind (a temporary SQLite file, or a temporary PostgreSQL schema:
 :func:`postback.backend.scratch_projection_database`), then compared table by table, row by
-row (:func:`projections.verify.compare_projections`). On SQLite with ``--jobs`` above 1
-(the default on a machine with several cores) the replay runs in child processes, a group
-of projections each, as ``postback rebuild`` runs (:func:`postback.cli_rebuild.build_shadows`);
-the comparison is the same. Results on stdout; exit 0 when all is well, 1 otherwise.
+row (:func:`projections.verify.compare_projections`). With ``--jobs`` above 1 (the
+default on a machine with several cores) the replay runs in child processes, a group of
+projections each, into shadows as ``postback rebuild`` builds them (:mod:`postback.shadows`,
+:func:`postback.cli_rebuild.build_shadows`); the comparison is the same. Results on
+stdout; exit 0 when all is well, 1 otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 
 from eventstore.base import EventStore, VerifyReport
@@ -24,8 +23,9 @@ from postback.backend import open_store, projection_runner, scratch_projection_d
 from postback.cli_progress import LogView
 from postback.cli_rebuild import DEFAULT_BATCH_SIZE, build_shadows
 from postback.config import Config
+from postback.shadows import shadow_database, shadow_places
 from projections.catalog import all_projections
-from projections.database import SqlConnection, SQLiteProjectionDatabase
+from projections.database import SqlConnection
 from projections.runner import ProjectionRunner
 from projections.shadow import plan_shards
 from projections.verify import (
@@ -58,13 +58,13 @@ async def check(
 ) -> Verification:
     """Verify the configured log and its projections (see the module docstring).
 
-    ``jobs`` above 1 (SQLite, as ``postback verify`` runs it on a machine with several
-    cores): the replay is split as ``postback rebuild`` splits a rebuild, each group
-    replayed by a child process into a file of its own
-    (:func:`postback.cli_rebuild.build_shadows`), and each group compared with its file.
+    ``jobs`` above 1 (as ``postback verify`` runs it on a machine with several cores):
+    the replay is split as ``postback rebuild`` splits a rebuild, each group replayed by
+    a child process into a shadow of its own (a file, or a schema)
+    (:func:`postback.cli_rebuild.build_shadows`), and each group compared with its shadow.
     """
     projections = all_projections()
-    in_children = config.dsn is None and jobs > 1
+    in_children = jobs > 1
     store = await open_store(config, must_exist=True, poll_interval=None)
     # The hash chain is checked in a thread and a connection of its own: while children
     # replay, at the same time; otherwise first (one Python thread at a time).
@@ -121,19 +121,23 @@ async def _replay_in_children(
     order = {projection.name: index for index, projection in enumerate(projections)}
     replayed = position
     diffs: list[ProjectionDiff] = []
-    with tempfile.TemporaryDirectory(prefix="postback-verify-") as tmp:
-        groups = plan_shards(projections, jobs)
-        shards = [(os.path.join(tmp, f"replay{n}.db"), group) for n, group in enumerate(groups)]
+    groups = plan_shards(projections, jobs)
+    async with shadow_places(config, len(groups), "verify") as places:
+        shards = list(zip(places, groups, strict=True))
         failed = await build_shadows(config, shards, position, DEFAULT_BATCH_SIZE, lambda *_: None)
         if failed:
             raise ReplayFailedError(failed)
-        for path, group in shards:
-            async with SQLiteProjectionDatabase(path).snapshot() as fresh_conn:
-                reached = await asyncio.to_thread(read_checkpoints, fresh_conn)
-                replayed = min(replayed, *(reached.get(p.name, 0) for p in group))
-                diffs += await asyncio.to_thread(
-                    compare_projections, live_conn, fresh_conn, group, limit
-                )
+        for shadow, group in shards:
+            fresh = shadow_database(config, shadow)
+            try:
+                async with fresh.snapshot() as fresh_conn:
+                    reached = await asyncio.to_thread(read_checkpoints, fresh_conn)
+                    replayed = min(replayed, *(reached.get(p.name, 0) for p in group))
+                    diffs += await asyncio.to_thread(
+                        compare_projections, live_conn, fresh_conn, group, limit
+                    )
+            finally:
+                await fresh.close()
     return replayed, sorted(diffs, key=lambda diff: order[diff.name])
 
 

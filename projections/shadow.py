@@ -15,8 +15,12 @@ projections there is a faster and gentler way, which ``postback rebuild`` takes:
    definition record by record without decoding them (its transfer optimisation),
    indexes included, so the swap costs a fraction of the rebuild.
 
+On PostgreSQL a shadow is a schema of its own in the log's database, and
+:func:`swap_schemas` moves the shadows' tables into the live schema (``ALTER TABLE ... SET
+SCHEMA``, their indexes with them) in one transaction: no row is copied.
+
 A shadow is an ordinary projection database: a failed or interrupted rebuild leaves the
-live projections as they were (the caller removes the shadow files).
+live projections as they were (the caller removes the shadow files or schemas).
 """
 
 from __future__ import annotations
@@ -130,5 +134,38 @@ def _copy_shard(
             name = quote(table)
             conn.execute(f"INSERT INTO main.{name} SELECT * FROM {schema}.{name}")
     reached = {p.name: stored[p.name] for p in projections}
+    checkpoints.save(conn, reached)
+    return reached
+
+
+def swap_schemas(
+    conn: SqlConnection, shards: Sequence[tuple[str, Sequence[Projection]]]
+) -> dict[str, int]:
+    """PostgreSQL: replace the projections of ``shards`` (``(shadow schema, its
+    projections)``) in the schema ``conn`` works in (its ``current_schema()``, the live
+    one) by the shadows' tables, moved over with their indexes, and their checkpoints.
+    Run it as the body of one write transaction of the live projection database
+    (:meth:`~projections.database.ProjectionDatabase.transaction`): readers see the old
+    tables until it commits (they wait for it while it drops them), then the new ones.
+    Returns the checkpoints it set; raises ``ValueError`` if a shadow lacks a projection's
+    checkpoint, and then nothing changes (the transaction rolls back).
+
+    The shadow schemas are left holding nothing of these projections' tables.
+    """
+    (live,) = conn.execute("SELECT current_schema()").fetchone()
+    everything = [projection for _shadow, projections in shards for projection in projections]
+    checkpoints.setup(conn, everything)  # the checkpoint table, where this schema lacks it
+    reached: dict[str, int] = {}
+    for shadow, projections in shards:
+        rows = conn.execute(f"SELECT name, position FROM {quote(shadow)}.projection_checkpoints")
+        stored = {str(name): int(position) for name, position in rows.fetchall()}
+        missing = [p.name for p in projections if p.name not in stored]
+        if missing:
+            raise ValueError(f"the shadow {shadow} has no checkpoint for {', '.join(missing)}")
+        for projection in projections:
+            for table in owned_tables(projection):
+                conn.execute(f"DROP TABLE IF EXISTS {quote(live)}.{quote(table)}")
+                conn.execute(f"ALTER TABLE {quote(shadow)}.{quote(table)} SET SCHEMA {quote(live)}")
+            reached[projection.name] = stored[projection.name]
     checkpoints.save(conn, reached)
     return reached

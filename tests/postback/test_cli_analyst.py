@@ -100,7 +100,7 @@ def _export(capsys: pytest.CaptureFixture[str], db: str, *extra: str) -> list[di
 # -- verify ---------------------------------------------------------------------------------
 
 
-def _fail_the_child_of(monkeypatch: pytest.MonkeyPatch, projection: str, status: int) -> None:
+def fail_the_child_of(monkeypatch: pytest.MonkeyPatch, projection: str, status: int) -> None:
     """The shadow child of ``projection``'s group (rebuild's or verify's) exits ``status``
     at once; the other children run as usual."""
     real = cli_rebuild.shadow_command
@@ -183,7 +183,7 @@ def test_verify_replays_in_children_or_here_alike(
     for jobs in ("2", "5"):
         assert run(capsys, "verify", "--db", db, "--jobs", jobs) == here
 
-    _fail_the_child_of(monkeypatch, "subscribers", status=4)
+    fail_the_child_of(monkeypatch, "subscribers", status=4)
     code, out, err = run(capsys, "verify", "--db", db, "--jobs", "2")
     assert code == 1
     assert "verify could not replay the projections" in err
@@ -280,7 +280,7 @@ def test_a_failed_shadow_leaves_the_projections_as_they_were(
     before = _sql(projections, "SELECT * FROM subscribers ORDER BY subscriber_id")
     _sql(projections, "UPDATE goal_stats_hourly SET count = count + 5")
     stale = _sql(projections, "SELECT * FROM goal_stats_hourly ORDER BY 1, 2, 3, 4")
-    _fail_the_child_of(monkeypatch, "subscribers", status=3)
+    fail_the_child_of(monkeypatch, "subscribers", status=3)
     code, _, err = run(capsys, "rebuild", "--db", db, "--jobs", "2")
     assert code == 1
     (group,) = [

@@ -24,12 +24,19 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from eventstore.postgres import PostgresEventStore
 from eventstore.sqlite import SQLiteEventStore
+from postback import cli_rebuild
 from postback.app import create_app
 from postback.config import Config
 from projections.catalog import all_projections
 from tests import pg
 from tests.postback.helpers import bearer, postback
-from tests.postback.test_cli_analyst import LINE_TIMEOUT, Project, build_log, run
+from tests.postback.test_cli_analyst import (
+    LINE_TIMEOUT,
+    Project,
+    build_log,
+    fail_the_child_of,
+    run,
+)
 
 Capsys = pytest.CaptureFixture[str]
 
@@ -208,6 +215,79 @@ def test_rebuild_all_and_unknown(capsys: Capsys, pg_log: str, pg_schema: str) ->
     code, _, err = run(capsys, "rebuild", "--dsn", pg_log, "goal_stats", "nope")
     assert code == 2
     assert "unknown projection nope" in err
+
+
+SHADOW_SCHEMAS = "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'postback_rebuild_%'"
+
+
+@pytest.mark.parametrize("jobs", ["1", "2", "3"])
+def test_rebuild_in_place_or_in_shadow_schemas_equals_a_replay(
+    capsys: Capsys, pg_log: str, jobs: str
+) -> None:
+    assert run(capsys, "verify", "--dsn", pg_log, "--jobs", "1")[0] == 0  # builds them
+    sql(pg_log, "UPDATE goal_stats_hourly SET count = count + 5")
+    sql(pg_log, "DELETE FROM subscribers")
+    code, out, err = run(capsys, "rebuild", "--dsn", pg_log, "--jobs", jobs)
+    assert code == 0, err
+    if jobs == "1":
+        assert "processes" not in out
+    else:
+        assert f"({jobs} processes)" in out
+    assert run(capsys, "verify", "--dsn", pg_log, "--jobs", "1")[0] == 0
+    assert sql(pg_log, SHADOW_SCHEMAS) == []
+
+
+def test_a_failed_shadow_leaves_the_projections_as_they_were_on_postgres(
+    capsys: Capsys, pg_log: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run(capsys, "verify", "--dsn", pg_log, "--jobs", "1")[0] == 0  # builds them
+    sql(pg_log, "UPDATE goal_stats_hourly SET count = count + 5")
+    stale = sorted(sql(pg_log, "SELECT * FROM goal_stats_hourly"))
+    subscribers = sorted(sql(pg_log, "SELECT * FROM subscribers"))
+    fail_the_child_of(monkeypatch, "subscribers", status=3)
+    code, _, err = run(capsys, "rebuild", "--dsn", pg_log, "--jobs", "2")
+    assert code == 1
+    assert "exited with status 3" in err
+    assert "the projections are as they were" in err
+    assert sorted(sql(pg_log, "SELECT * FROM goal_stats_hourly")) == stale
+    assert sorted(sql(pg_log, "SELECT * FROM subscribers")) == subscribers
+    assert sql(pg_log, SHADOW_SCHEMAS) == []
+
+
+def test_shadow_children_get_the_dsn_in_their_environment_not_their_arguments(
+    pg_log: str,
+) -> None:
+    config = Config(dsn=pg_log)
+    command = cli_rebuild.shadow_command(config, ["subscribers"], "schema_x", 10, 500)
+    assert not any(pg_log in argument or "--db" in argument for argument in command)
+    assert "--shadow=schema_x" in command
+    assert cli_rebuild.shadow_environment(config)["POSTBACK_DSN"] == pg_log
+    sqlite = Config(db_path="-odd.db")
+    assert "--db=-odd.db" in cli_rebuild.shadow_command(sqlite, ["profiles"], "s.db", 10, 500)
+
+
+def test_a_shadow_child_refuses_a_schema_that_holds_tables(
+    capsys: Capsys, pg_log: str, pg_schema: str
+) -> None:
+    shadow = ["--shadow", pg_schema, "--until", "3", "profiles"]
+    code, _, err = run(capsys, "rebuild", "--dsn", pg_log, *shadow)
+    assert code == 2
+    assert "--shadow needs an empty schema" in err
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_verify_in_children_names_a_tampered_row(capsys: Capsys, pg_log: str, jobs: str) -> None:
+    assert run(capsys, "verify", "--dsn", pg_log, "--jobs", jobs)[0] == 0
+    sql(
+        pg_log,
+        "DELETE FROM profiles WHERE subscriber_id = (SELECT MIN(subscriber_id) FROM profiles)",
+    )
+    code, out, _ = run(capsys, "verify", "--dsn", pg_log, "--jobs", jobs)
+    assert code == 1
+    assert "profiles.profiles: 1 missing" in out
+    assert "verify: FAILED (projections differ: profiles)" in out
+    verify_schemas = "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'postback_verify_%'"
+    assert sql(pg_log, verify_schemas) == []
 
 
 def test_verify_passes_then_names_a_tampered_projection_row(capsys: Capsys, pg_log: str) -> None:
