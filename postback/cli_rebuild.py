@@ -126,31 +126,38 @@ async def _rebuild_in_shadows(
                 return _unchanged(bar, failed or "interrupted")
             try:
                 # Not interruptible: a signal now takes effect once it has committed.
-                await swap_shadows_in(config, shards)
+                swapped = await swap_shadows_in(config, shards)
             except (sqlite3.Error, EventStoreError, ValueError) as exc:
                 return _unchanged(bar, f"swapping the shadows in: {exc}")
         if stop.is_set():
-            bar.end_line()
-            print(
-                f"postback: rebuild interrupted after the swap: {', '.join(names)} rebuilt up to"
-                f" position {head:,}; the next catch-up applies the rest",
-                file=sys.stderr,
-            )
-            return 1
-        # Whatever was appended since the shadows' position, applied in place.
+            return _interrupted_after_the_swap(bar, names, min(swapped.values()))
+        # Whatever was appended since the shadows' position, applied in place (a signal
+        # stops it between batches: each batch commits with its checkpoints).
         view = LogView(store, on_progress=lambda position, now: bar.update(position, now))
         runner = projection_runner(view.as_store(), config, batch_size=batch_size)
         try:
-            position = await runner.catch_up()
+            position = await _unless_stopped(runner.catch_up(), stop)
             where = runner.database.describe()
         finally:
             await runner.close()
+        if position is None:
+            return _interrupted_after_the_swap(bar, names, min(swapped.values()))
         seconds = time.perf_counter() - started
         bar.finish(position, max(view.head, position))
         _summary(names, position, seconds, f"{where} ({len(groups)} processes)")
     finally:
         await store.close()
     return 0
+
+
+def _interrupted_after_the_swap(bar: ProgressBar, names: Sequence[str], reached: int) -> int:
+    bar.end_line()
+    print(
+        f"postback: rebuild interrupted after the swap: {', '.join(names)} rebuilt up to"
+        f" position {reached:,}; the next catch-up applies the rest",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _unchanged(bar: ProgressBar, why: str) -> int:

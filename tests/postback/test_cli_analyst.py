@@ -365,6 +365,38 @@ def test_what_the_shadows_did_not_reach_is_applied_after_the_swap(
     assert run(capsys, "verify", "--db", db)[0] == 0
 
 
+def test_a_signal_during_the_catch_up_after_the_swap_stops_it(
+    capsys: pytest.CaptureFixture[str], db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = cli_rebuild.shadow_command
+
+    def short(
+        config: Config, names: Sequence[str], shadow: str, until: int, batch_size: int
+    ) -> list[str]:
+        return real(config, names, shadow, until - 3, batch_size)
+
+    (last,) = _sql(db, "SELECT MAX(position) FROM events")[0]
+    real_update = ProgressBar.update
+
+    def signalled(self: ProgressBar, position: int, total: int) -> None:
+        if position > last - 3:  # the catch-up read its batch: as if Ctrl-C now
+            os.kill(os.getpid(), signal.SIGINT)
+        real_update(self, position, total)
+
+    monkeypatch.setattr(cli_rebuild, "shadow_command", short)
+    monkeypatch.setattr(ProgressBar, "update", signalled)
+    # One event per batch: the catch-up has three batches to be stopped between.
+    code, out, err = run(capsys, "rebuild", "--db", db, "--jobs", "2", "--batch-size", "1")
+    assert code == 1
+    names = ", ".join(p.name for p in all_projections())
+    assert f"rebuild interrupted after the swap: {names} rebuilt up to" in err
+    assert f"position {last - 3:,}; the next catch-up applies the rest" in err
+    assert "rebuilt" not in out
+    assert last - 3 <= min(_checkpoints(db).values()) < last  # stopped before the end
+    monkeypatch.undo()
+    assert run(capsys, "verify", "--db", db)[0] == 0  # which catches them up first
+
+
 # -- stats ------------------------------------------------------------------------------------
 
 
