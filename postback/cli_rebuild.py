@@ -138,10 +138,13 @@ async def _rebuild_in_shadows(
         try:
             position = await _unless_stopped(runner.catch_up(), stop)
             where = runner.database.describe()
+            # What it is known to have committed (a batch cut short by the signal may have
+            # committed too: "at least").
+            reached = max(runner.position, min(swapped.values()))
         finally:
             await runner.close()
         if position is None:
-            return _interrupted_after_the_swap(bar, names, min(swapped.values()))
+            return _interrupted_after_the_swap(bar, names, reached)
         seconds = time.perf_counter() - started
         bar.finish(position, max(view.head, position))
         _summary(names, position, seconds, f"{where} ({len(groups)} processes)")
@@ -154,7 +157,7 @@ def _interrupted_after_the_swap(bar: ProgressBar, names: Sequence[str], reached:
     bar.end_line()
     print(
         f"postback: rebuild interrupted after the swap: {', '.join(names)} rebuilt up to"
-        f" position {reached:,}; the next catch-up applies the rest",
+        f" position {reached:,} at least; the next catch-up applies the rest",
         file=sys.stderr,
     )
     return 1

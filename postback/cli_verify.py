@@ -27,7 +27,7 @@ from postback.shadows import shadow_database, shadow_places
 from projections.catalog import all_projections
 from projections.database import SqlConnection
 from projections.runner import ProjectionRunner
-from projections.shadow import plan_shards
+from projections.shadow import lock_for_reading, plan_shards
 from projections.verify import (
     DEFAULT_LIMIT,
     ProjectionDiff,
@@ -78,6 +78,8 @@ async def check(
             # One snapshot of the live projections: a runner elsewhere (serve, project) may
             # keep applying; we compare what this snapshot holds, at its checkpoint.
             async with live.database.snapshot() as live_conn:
+                if live.database.dialect == "postgres":  # no swap until the comparison ends
+                    await asyncio.to_thread(lock_for_reading, live_conn, projections)
                 stored = await asyncio.to_thread(read_checkpoints, live_conn)
                 position = min(stored.get(p.name, 0) for p in projections)
                 if in_children:

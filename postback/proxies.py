@@ -48,14 +48,15 @@ def _address(hop: str) -> IPv4Address | IPv6Address | None:
     elif hop.count(":") == 1:
         hop = hop.partition(":")[0]
     try:
-        return ip_address(hop)
+        address = ip_address(hop)
     except ValueError:
         return None
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped  # one spelling per client: 192.0.2.1, not ::ffff:c000:201
+    return address
 
 
 def _trusted(address: IPv4Address | IPv6Address, networks: tuple[Network, ...]) -> bool:
-    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
     return any(address in network for network in networks)
 
 

@@ -25,17 +25,19 @@ from aiohttp.web_protocol import RequestHandler
 from postback.access_log import JsonAccessLogger
 
 _MAX_DETAIL = 200
-"""Characters of aiohttp's own description kept in the answer (it quotes the input)."""
+"""Characters of aiohttp's own description kept in the answer at most."""
 
 
 def error_body(status: int, message: str | None) -> dict[str, Any]:
     """The JSON answer to a request aiohttp refused before the application saw it."""
     if status >= 500:
         return {"success": False, "code": "internal", "error": "internal error"}
-    detail = (message or "").strip().splitlines()
+    # aiohttp's first line says what is wrong, then quotes the input after a colon.
+    lines = (message or "").strip().splitlines()
+    detail = lines[0].partition(":")[0].strip() if lines else ""
     text = "malformed HTTP request"
-    if detail and detail[0]:
-        text += ": " + detail[0].rstrip(":")[:_MAX_DETAIL]
+    if detail:
+        text += ": " + detail[:_MAX_DETAIL]
     return {"success": False, "code": "bad_request", "error": text}
 
 

@@ -21,13 +21,18 @@ import asyncio
 import contextlib
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator, Sequence
 from functools import partial
 
 from postback.config import Config
 from projections.database import ProjectionDatabase, SQLiteProjectionDatabase
 from projections.runner import Projection, projections_path
-from projections.shadow import swap_in, swap_schemas
+from projections.shadow import TablesBusyError, swap_in, swap_schemas
+
+SWAP_PATIENCE = 60.0
+"""PostgreSQL: how long (seconds) the swap keeps trying to lock the live tables, which it
+does without waiting while anyone reads them (then again after 0.05 s, doubling to 1 s)."""
 
 
 @contextlib.asynccontextmanager
@@ -78,8 +83,21 @@ async def swap_shadows_in(
     from projections.pg_database import PostgresProjectionDatabase
 
     database = PostgresProjectionDatabase(config.dsn)
+    deadline = time.monotonic() + SWAP_PATIENCE
+    pause = 0.05
     try:
-        # notify: followers (other instances) re-read the checkpoints at once.
-        return await database.transaction(partial(swap_schemas, shards=shards), notify=True)
+        while True:
+            try:
+                # notify: followers (other instances) re-read the checkpoints at once.
+                swap = partial(swap_schemas, shards=shards)
+                return await database.transaction(swap, notify=True)
+            except TablesBusyError as exc:
+                if time.monotonic() + pause > deadline:
+                    raise TablesBusyError(
+                        f"the live tables stayed in use for {SWAP_PATIENCE:.0f} s (a verify,"
+                        f" a pg_dump or another long transaction reading them?): {exc}"
+                    ) from exc
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
     finally:
         await database.close()

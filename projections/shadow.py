@@ -30,6 +30,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, TypeVar
 
+from eventstore.errors import EventStoreError
 from projections import checkpoints
 from projections.database import SqlConnection, write_transaction
 from projections.verify import owned_tables, quote
@@ -138,6 +139,14 @@ def _copy_shard(
     return reached
 
 
+class TablesBusyError(EventStoreError):
+    """:func:`swap_schemas` could not lock the live tables at once (another session is
+    reading or writing them); nothing changed, and the swap may be tried again."""
+
+
+_LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a NOWAIT lock that is taken
+
+
 def swap_schemas(
     conn: SqlConnection, shards: Sequence[tuple[str, Sequence[Projection]]]
 ) -> dict[str, int]:
@@ -145,15 +154,34 @@ def swap_schemas(
     projections)``) in the schema ``conn`` works in (its ``current_schema()``, the live
     one) by the shadows' tables, moved over with their indexes, and their checkpoints.
     Run it as the body of one write transaction of the live projection database
-    (:meth:`~projections.database.ProjectionDatabase.transaction`): readers see the old
-    tables until it commits (they wait for it while it drops them), then the new ones.
-    Returns the checkpoints it set; raises ``ValueError`` if a shadow lacks a projection's
-    checkpoint, and then nothing changes (the transaction rolls back).
+    (:meth:`~projections.database.ProjectionDatabase.transaction`). Returns the
+    checkpoints it set; the shadow schemas are left without these tables.
 
-    The shadow schemas are left holding nothing of these projections' tables.
+    First it locks every live table of these projections, in one statement and without
+    waiting (``NOWAIT``): if any is in use it raises :class:`TablesBusyError` at once,
+    having waited for nothing and blocked no one (the caller tries again a little later).
+    Once it holds them, dropping and moving tables takes milliseconds, and readers wait
+    only that long; they never see a mix of old and new tables. Raises ``ValueError`` if a
+    shadow lacks a projection's checkpoint. Either way the transaction rolls back and
+    nothing changes.
     """
     (live,) = conn.execute("SELECT current_schema()").fetchone()
     everything = [projection for _shadow, projections in shards for projection in projections]
+    tables = sorted({table for projection in everything for table in owned_tables(projection)})
+    present = {
+        str(name)
+        for (name,) in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+        ).fetchall()
+    }
+    locked = [f"{quote(live)}.{quote(table)}" for table in tables if table in present]
+    if locked:
+        try:
+            conn.execute(f"LOCK TABLE {', '.join(locked)} IN ACCESS EXCLUSIVE MODE NOWAIT")
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
+                raise TablesBusyError(f"PostgreSQL: {exc}") from exc
+            raise
     checkpoints.setup(conn, everything)  # the checkpoint table, where this schema lacks it
     reached: dict[str, int] = {}
     for shadow, projections in shards:
@@ -169,3 +197,13 @@ def swap_schemas(
             reached[projection.name] = stored[projection.name]
     checkpoints.save(conn, reached)
     return reached
+
+
+def lock_for_reading(conn: SqlConnection, projections: Sequence[Projection]) -> None:
+    """PostgreSQL: take a shared lock on the tables of ``projections`` as the *first*
+    statement of a snapshot transaction (before any query fixes its snapshot), so that no
+    swap (:func:`swap_schemas`) replaces one of them before the transaction ends: a reader
+    that compares them all (``verify``) reads every table as of one moment. Waits for a
+    swap under way. The tables must exist (a runner's setup creates them)."""
+    tables = sorted({table for projection in projections for table in owned_tables(projection)})
+    conn.execute(f"LOCK TABLE {', '.join(map(quote, tables))} IN ACCESS SHARE MODE")

@@ -9,12 +9,13 @@ both: written by the same requests, or copied row for row (``iter_raw``/``import
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
 import re
 import signal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from eventstore.sqlite import SQLiteEventStore
 from postback import cli_rebuild
 from postback.app import create_app
 from postback.config import Config
+from projections import pg_database
 from projections.catalog import all_projections
 from tests import pg
 from tests.postback.helpers import bearer, postback
@@ -217,12 +219,30 @@ def test_rebuild_all_and_unknown(capsys: Capsys, pg_log: str, pg_schema: str) ->
     assert "unknown projection nope" in err
 
 
-SHADOW_SCHEMAS = "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'postback_rebuild_%'"
+@pytest.fixture
+def made_schemas(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the temporary schemas (rebuild's shadows, verify's replays) this test
+    makes: only those, since another test run may be using the same database."""
+    made: list[str] = []
+    real = pg_database.temporary_schema
+
+    @contextlib.asynccontextmanager
+    async def recorded(dsn: str, prefix: str = "projections_tmp_") -> AsyncIterator[str]:
+        async with real(dsn, prefix) as name:
+            made.append(name)
+            yield name
+
+    monkeypatch.setattr(pg_database, "temporary_schema", recorded)
+    return made
+
+
+def left_behind(dsn: str, schemas: list[str]) -> list[Any]:
+    return sql(dsn, "SELECT nspname FROM pg_namespace WHERE nspname = ANY($1)", schemas)
 
 
 @pytest.mark.parametrize("jobs", ["1", "2", "3"])
 def test_rebuild_in_place_or_in_shadow_schemas_equals_a_replay(
-    capsys: Capsys, pg_log: str, jobs: str
+    capsys: Capsys, pg_log: str, jobs: str, made_schemas: list[str]
 ) -> None:
     assert run(capsys, "verify", "--dsn", pg_log, "--jobs", "1")[0] == 0  # builds them
     sql(pg_log, "UPDATE goal_stats_hourly SET count = count + 5")
@@ -234,16 +254,19 @@ def test_rebuild_in_place_or_in_shadow_schemas_equals_a_replay(
     else:
         assert f"({jobs} processes)" in out
     assert run(capsys, "verify", "--dsn", pg_log, "--jobs", "1")[0] == 0
-    assert sql(pg_log, SHADOW_SCHEMAS) == []
+    shadows = [name for name in made_schemas if name.startswith("postback_rebuild_")]
+    assert len(shadows) == (0 if jobs == "1" else int(jobs))
+    assert left_behind(pg_log, made_schemas) == []
 
 
 def test_a_failed_shadow_leaves_the_projections_as_they_were_on_postgres(
-    capsys: Capsys, pg_log: str, monkeypatch: pytest.MonkeyPatch
+    capsys: Capsys, pg_log: str, monkeypatch: pytest.MonkeyPatch, made_schemas: list[str]
 ) -> None:
     assert run(capsys, "verify", "--dsn", pg_log, "--jobs", "1")[0] == 0  # builds them
     sql(pg_log, "UPDATE goal_stats_hourly SET count = count + 5")
     stale = sorted(sql(pg_log, "SELECT * FROM goal_stats_hourly"))
     subscribers = sorted(sql(pg_log, "SELECT * FROM subscribers"))
+    made_schemas.clear()  # verify's
     fail_the_child_of(monkeypatch, "subscribers", status=3)
     code, _, err = run(capsys, "rebuild", "--dsn", pg_log, "--jobs", "2")
     assert code == 1
@@ -251,7 +274,8 @@ def test_a_failed_shadow_leaves_the_projections_as_they_were_on_postgres(
     assert "the projections are as they were" in err
     assert sorted(sql(pg_log, "SELECT * FROM goal_stats_hourly")) == stale
     assert sorted(sql(pg_log, "SELECT * FROM subscribers")) == subscribers
-    assert sql(pg_log, SHADOW_SCHEMAS) == []
+    assert len(made_schemas) == 2
+    assert left_behind(pg_log, made_schemas) == []
 
 
 def test_shadow_children_get_the_dsn_in_their_environment_not_their_arguments(
@@ -276,7 +300,9 @@ def test_a_shadow_child_refuses_a_schema_that_holds_tables(
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])
-def test_verify_in_children_names_a_tampered_row(capsys: Capsys, pg_log: str, jobs: str) -> None:
+def test_verify_in_children_names_a_tampered_row(
+    capsys: Capsys, pg_log: str, jobs: str, made_schemas: list[str]
+) -> None:
     assert run(capsys, "verify", "--dsn", pg_log, "--jobs", jobs)[0] == 0
     sql(
         pg_log,
@@ -286,11 +312,13 @@ def test_verify_in_children_names_a_tampered_row(capsys: Capsys, pg_log: str, jo
     assert code == 1
     assert "profiles.profiles: 1 missing" in out
     assert "verify: FAILED (projections differ: profiles)" in out
-    verify_schemas = "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'postback_verify_%'"
-    assert sql(pg_log, verify_schemas) == []
+    assert len(made_schemas) == 2 * int(jobs)
+    assert left_behind(pg_log, made_schemas) == []
 
 
-def test_verify_passes_then_names_a_tampered_projection_row(capsys: Capsys, pg_log: str) -> None:
+def test_verify_passes_then_names_a_tampered_projection_row(
+    capsys: Capsys, pg_log: str, made_schemas: list[str]
+) -> None:
     code, out, _ = run(capsys, "verify", "--dsn", pg_log)
     assert code == 0, out
     assert "verify: OK" in out
@@ -320,9 +348,8 @@ def test_verify_passes_then_names_a_tampered_projection_row(capsys: Capsys, pg_l
     )
     assert "verify: FAILED (projections differ: goal_stats)" in out
     # The replay's temporary schemas are gone.
-    assert (
-        sql(pg_log, "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'postback_verify_%'") == []
-    )
+    assert made_schemas
+    assert left_behind(pg_log, made_schemas) == []
 
     assert run(capsys, "rebuild", "--dsn", pg_log, "goal_stats")[0] == 0
     assert run(capsys, "verify", "--dsn", pg_log)[0] == 0

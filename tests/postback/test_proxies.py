@@ -47,8 +47,10 @@ PROXIES = parse_networks("10.0.0.0/8, 127.0.0.1 ::1")
         ("10.0.0.1", ["203.0.113.7:51234"], "203.0.113.7"),
         ("10.0.0.1", ["[2001:db8::7]:51234"], "2001:db8::7"),
         ("::1", ["2001:db8::7"], "2001:db8::7"),
-        # A trusted IPv4 peer on a dual-stack socket.
+        # A trusted IPv4 peer on a dual-stack socket; IPv4-mapped hops as IPv4.
         ("::ffff:127.0.0.1", ["203.0.113.7"], "203.0.113.7"),
+        ("10.0.0.1", ["[::ffff:203.0.113.7]:80"], "203.0.113.7"),
+        ("10.0.0.1", ["::ffff:203.0.113.7, ::ffff:10.0.0.2"], "203.0.113.7"),
         # No peer (a UNIX socket): nothing to go on.
         (None, ["203.0.113.7"], None),
     ],

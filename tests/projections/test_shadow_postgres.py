@@ -3,6 +3,7 @@ one transaction (what ``postback rebuild`` does on PostgreSQL)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -16,7 +17,7 @@ from eventstore.sqlite import SQLiteEventStore
 from projections.catalog import all_projections
 from projections.pg_database import PostgresProjectionDatabase
 from projections.runner import Projection, ProjectionRunner
-from projections.shadow import plan_shards, swap_schemas
+from projections.shadow import TablesBusyError, lock_for_reading, plan_shards, swap_schemas
 from projections.verify import compare_databases, format_report, owned_tables
 from tests import pg
 from tests.projections.test_shadow import _fill
@@ -139,3 +140,44 @@ async def test_a_failed_swap_changes_nothing(
     with pytest.raises(ValueError, match="no checkpoint for"):
         await _swap(pg_schema, shards[:1])
     assert await _state(pg_schema) == before
+
+
+async def test_a_swap_never_waits_for_a_reader(
+    store: SQLiteEventStore, pg_schema: str, shadow_schemas: list[str]
+) -> None:
+    """A session reading a live table (here: an open transaction) makes the swap fail at
+    once, having changed nothing and blocked no one; once it is gone, the swap goes in."""
+    head = await _fill(store)
+    await _build(store, pg_schema, all_projections())
+    await _sql(pg_schema, "UPDATE goal_stats_hourly SET count = count + 5 RETURNING 1")
+    before = await _state(pg_schema)
+    shards = await _shadows(store, shadow_schemas)
+    reader = await asyncpg.connect(pg.dsn_for(pg_schema))
+    try:
+        transaction = reader.transaction(isolation="repeatable_read", readonly=True)
+        await transaction.start()
+        await reader.fetch("SELECT count(*) FROM goal_facts")
+        with pytest.raises(TablesBusyError, match="could not obtain lock"):
+            await _swap(pg_schema, shards)
+        assert await _state(pg_schema) == before
+        await transaction.rollback()
+    finally:
+        await reader.close()
+    assert await _swap(pg_schema, shards) == {p.name: head for p in all_projections()}
+
+
+async def test_a_reader_that_locks_first_keeps_the_swap_out_until_it_ends(
+    store: SQLiteEventStore, pg_schema: str, shadow_schemas: list[str]
+) -> None:
+    await _fill(store)
+    await _build(store, pg_schema, all_projections())
+    shards = await _shadows(store, shadow_schemas)
+    database = PostgresProjectionDatabase(pg.dsn_for(pg_schema))
+    try:
+        async with database.snapshot() as conn:
+            await asyncio.to_thread(lock_for_reading, conn, all_projections())
+            with pytest.raises(TablesBusyError):
+                await _swap(pg_schema, shards)
+    finally:
+        await database.close()
+    await _swap(pg_schema, shards)
