@@ -4,6 +4,7 @@ Run from the repository root::
 
     python bench/rebuild.py                     # full run: 1,000,000 events
     python bench/rebuild.py --events 100000     # scaled down (subscribers scale with it)
+    python bench/rebuild.py --events 200000 --dsn postgresql://postgres@127.0.0.1/test
 
 1. Generates ``--events`` realistic events (docs/events.md) into a fresh SQLite log through
    ``SQLiteEventStore.append`` in big concurrent batches: a few accounts, spots and goals,
@@ -18,6 +19,9 @@ Run from the repository root::
    that of its shadow processes).
 3. In another child process: a bare loop over the same ``events`` table with ``sqlite3``
    that ``orjson``-decodes each event's data and folds it into in-memory counters.
+4. With ``--dsn postgresql://...``: the log copied into a fresh schema of that database
+   (``postback migrate-to --no-projections``), then ``postback rebuild --dsn`` there, in
+   place (``--jobs 1``) and with ``--jobs`` shadow schemas; the schema is dropped after.
 
 Prints both rates, their ratio and the targets (200,000 events/s, ratio >= 0.15, peak RSS
 under 300 MB). Only stdlib, orjson and the project are used.
@@ -45,6 +49,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 
 # Make "python bench/rebuild.py" work from the repository root without installing.
@@ -52,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from eventstore.base import NewEvent
 from eventstore.sqlite import SQLiteEventStore
+from postback.backend import with_search_path
 from postback.cli import main as cli_main
 from postback.cli_rebuild import default_jobs
 from postback.runtime import tune_process
@@ -250,7 +256,7 @@ def _remove_db(path: Path) -> None:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
-def _rebuild(db: Path, batch_size: int, jobs: int) -> dict[str, Any]:
+def _rebuild(db: Path, batch_size: int, jobs: int, dsn: str | None = None) -> dict[str, Any]:
     """``postback rebuild`` as an operator runs it (the command's process settings, its
     progress bar on stderr), timed from the outside: opening the log included.
 
@@ -261,7 +267,8 @@ def _rebuild(db: Path, batch_size: int, jobs: int) -> dict[str, Any]:
     projections_file = db.with_name("bench.projections.db")  # the command's default place
     _remove_db(projections_file)
     tune_process()
-    argv = ["rebuild", "--db", str(db), "--batch-size", str(batch_size), "--jobs", str(jobs)]
+    log = ["--db", str(db)] if dsn is None else ["--dsn", dsn]  # dsn: a copy of db's log
+    argv = ["rebuild", *log, "--batch-size", str(batch_size), "--jobs", str(jobs)]
     started = time.perf_counter()
     if cli_main(argv) != 0:
         raise SystemExit(f"postback {' '.join(argv)} failed")
@@ -298,12 +305,51 @@ def _bare(db: Path) -> dict[str, Any]:
     return {"events": count, "seconds": seconds, "rate": count / seconds, "rss_mb": _peak_rss_mb()}
 
 
-def _child(phase: str, db: Path, batch_size: int, jobs: int) -> dict[str, Any]:
+def _child(
+    phase: str, db: Path, batch_size: int, jobs: int, dsn: str | None = None
+) -> dict[str, Any]:
     command = [sys.executable, __file__, "--phase", phase, "--db", str(db)]
     command += ["--batch-size", str(batch_size), "--jobs", str(jobs)]
+    if dsn is not None:
+        command += ["--dsn", dsn]
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+def _on_postgres(dsn: str, db: Path, batch_size: int, jobs: int) -> None:
+    """The log of ``db`` copied into a fresh schema of ``dsn``, rebuilt there in place and
+    in ``jobs`` shadow schemas (each in a child process), the schema dropped after."""
+    schema = f"bench_rebuild_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_pg_execute(dsn, f'CREATE SCHEMA "{schema}"'))
+    try:
+        target = with_search_path(dsn, schema)
+        started = time.perf_counter()
+        with contextlib.redirect_stdout(sys.stderr):  # migrate-to's report
+            migrate = ["migrate-to", "--dsn", target, "--db", str(db), "--no-projections"]
+            if cli_main(migrate) != 0:
+                raise SystemExit("postback migrate-to failed")
+        copied = time.perf_counter() - started
+        print(f"PostgreSQL: the log copied into schema {schema} in {copied:.1f} s")
+        runs = [("in place, --jobs 1", 1)]
+        if jobs > 1:
+            runs.append((f"{jobs} shadow schemas, --jobs {jobs}", jobs))
+        for label, chosen in runs:
+            result = _child("rebuild", db, batch_size, chosen, target)
+            print(
+                f"rebuild on PostgreSQL ({label}): {result['events']:,} events in"
+                f" {result['seconds']:.2f} s = {result['rate']:,.0f} events/s"
+            )
+    finally:
+        asyncio.run(_pg_execute(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+
+
+async def _pg_execute(dsn: str, statement: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -319,13 +365,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--dir", help="keep the databases here (default: a temporary dir)")
+    parser.add_argument(
+        "--dsn", help="also rebuild on this PostgreSQL database, in a fresh schema (dropped after)"
+    )
     parser.add_argument("--phase", choices=("rebuild", "bare"), help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.phase is not None:
         db = Path(args.db)
-        result = _rebuild(db, args.batch_size, args.jobs) if args.phase == "rebuild" else _bare(db)
+        if args.phase == "rebuild":
+            result = _rebuild(db, args.batch_size, args.jobs, args.dsn)
+        else:
+            result = _bare(db)
         print(json.dumps(result))
         return 0
 
@@ -378,6 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         for label, ok in checks:
             print(f"  {'met   ' if ok else 'MISSED'} {label}")
+        if args.dsn:
+            _on_postgres(args.dsn, db, args.batch_size, args.jobs)
     finally:
         if not args.dir:
             shutil.rmtree(workdir, ignore_errors=True)
