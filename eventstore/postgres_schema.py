@@ -121,6 +121,9 @@ async def migrate(conn: Any, target: int | None = None) -> int:
     target = LATEST_VERSION if target is None else target
     await current_schema(conn)
     async with conn.transaction():
+        # Another process may be migrating (or reading the log to do so) for longer than
+        # the writer's lock_timeout: wait for it, however long.
+        await conn.execute("SET LOCAL lock_timeout = 0")
         await conn.execute(_LOCK)
         current = await schema_version(conn)
         if current > LATEST_VERSION:

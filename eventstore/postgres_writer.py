@@ -36,6 +36,14 @@ Durability = Literal["full", "normal"]
 BatchObserver = Callable[[int, float], None]
 
 
+WRITER_LOCK_TIMEOUT = 10.0
+"""Seconds a group commit waits for a lock (the ``chain_head`` row, which every append
+transaction of every instance locks) before it gives up: its appends then fail as
+unavailable (HTTP 503, which partners retry) instead of hanging for as long as, say, an
+operator's forgotten ``psql`` transaction holds the row. Instances hold it for a commit
+each, milliseconds."""
+
+
 async def connect_writer(dsn: str, durability: Durability, timeout: float) -> Connection:
     """A connection for the writer, with ``synchronous_commit`` as ``durability`` requires.
 
@@ -47,7 +55,10 @@ async def connect_writer(dsn: str, durability: Durability, timeout: float) -> Co
     # plan, which PostgreSQL switches a prepared statement to after five executions,
     # cannot know their lengths and joins them badly: planning each execution for its
     # arrays measured 3 to 14 times faster for batches of hundreds of events.
-    settings = {"plan_cache_mode": "force_custom_plan"}
+    settings = {
+        "plan_cache_mode": "force_custom_plan",
+        "lock_timeout": f"{round(WRITER_LOCK_TIMEOUT * 1000)}ms",
+    }
     if durability == "normal":
         settings["synchronous_commit"] = "off"
     conn = await connect(dsn, timeout=timeout, server_settings=settings)

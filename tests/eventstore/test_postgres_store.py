@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from eventstore import postgres_writer
 from eventstore.base import NO_STREAM, AppendResult, NewEvent
 from eventstore.errors import (
     ConcurrencyError,
@@ -217,6 +218,27 @@ async def test_a_lost_writer_connection_fails_its_batch_and_reconnects(pg_schema
         assert await store.append("s", [new("Fine")], 1) == AppendResult("s", 2, 2, 2)
         everything = await read_everything(store)
         assert_gap_free(everything)
+        assert (await store.verify()).ok
+
+
+async def test_a_session_holding_the_chain_head_makes_appends_unavailable_not_hang(
+    pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator's open transaction that locked ``chain_head``: appends wait at most
+    ``WRITER_LOCK_TIMEOUT``, fail as unavailable (a 503 to partners), and succeed again
+    once it is gone."""
+    monkeypatch.setattr(postgres_writer, "WRITER_LOCK_TIMEOUT", 0.2)
+    async with await open_store(pg_schema) as store:
+        await store.append("s", [new()])
+        async with raw_connection(pg_schema) as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            await conn.execute("SELECT * FROM chain_head FOR UPDATE")
+            with pytest.raises(StoreUnavailableError, match="lock timeout"):
+                await asyncio.wait_for(store.append("s", [new()], 1), WAIT)
+            await transaction.rollback()
+        assert store.writable
+        assert await store.append("s", [new()], 1) == AppendResult("s", 2, 2, 2)
         assert (await store.verify()).ok
 
 
