@@ -84,3 +84,17 @@ async def test_schema() -> AsyncIterator[str]:
         yield schema
     finally:
         await drop_schema(schema)
+
+
+@contextlib.asynccontextmanager
+async def schemas_beside(schema: str, count: int) -> AsyncIterator[list[str]]:
+    """``count`` more fresh schemas named after ``schema`` (``<schema>_shadowN``: a test's
+    shadows), dropped on exit."""
+    names = [f"{schema}_shadow{n}" for n in range(count)]
+    try:
+        for name in names:
+            await create_schema(name)
+        yield names
+    finally:
+        for name in names:
+            await drop_schema(name)

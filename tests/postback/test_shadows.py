@@ -28,22 +28,14 @@ Shards = list[tuple[str, list[Projection]]]
 async def built(pg_schema: str, tmp_path: Path) -> AsyncIterator[tuple[int, Shards]]:
     """Live projections in ``pg_schema`` and two shadow schemas rebuilt from the same log:
     the log's head and the shards."""
-    names = [f"{pg_schema}_shadow{n}" for n in range(2)]
-    for name in names:
-        await pg.create_schema(name)
-    store = await SQLiteEventStore.open(tmp_path / "events.db", poll_interval=None)
-    try:
-        head = await _fill(store)
-        await _build(store, pg_schema, all_projections())
-        yield head, await _shadows(store, names)
-    finally:
-        await store.close()
-        conn = await asyncpg.connect(pg.DSN)
+    async with pg.schemas_beside(pg_schema, 2) as names:
+        store = await SQLiteEventStore.open(tmp_path / "events.db", poll_interval=None)
         try:
-            for name in names:
-                await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+            head = await _fill(store)
+            await _build(store, pg_schema, all_projections())
+            yield head, await _shadows(store, names)
         finally:
-            await conn.close()
+            await store.close()
 
 
 async def _reading(schema: str) -> tuple[Any, Any]:

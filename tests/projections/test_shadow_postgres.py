@@ -32,16 +32,8 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteEventStore]:
 
 @pytest.fixture
 async def shadow_schemas(pg_schema: str) -> AsyncIterator[list[str]]:
-    names = [f"{pg_schema}_shadow{n}" for n in range(2)]
-    for name in names:
-        await pg.create_schema(name)
-    yield names
-    conn = await asyncpg.connect(pg.DSN)
-    try:
-        for name in names:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    finally:
-        await conn.close()
+    async with pg.schemas_beside(pg_schema, 2) as names:
+        yield names
 
 
 async def _build(store: SQLiteEventStore, schema: str, projections: Sequence[Projection]) -> None:
