@@ -365,6 +365,25 @@ def test_what_the_shadows_did_not_reach_is_applied_after_the_swap(
     assert run(capsys, "verify", "--db", db)[0] == 0
 
 
+def test_shadows_go_beside_the_projections_file_even_for_a_bare_file_name(
+    capsys: pytest.CaptureFixture[str], db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = cli_rebuild.shadow_command
+    shadows: list[str] = []
+
+    def recorded(config: Config, names: Sequence[str], shadow: str, *rest: Any) -> list[str]:
+        shadows.append(shadow)
+        return real(config, names, shadow, *rest)
+
+    monkeypatch.setattr(cli_rebuild, "shadow_command", recorded)
+    monkeypatch.chdir(Path(db).parent)
+    code, _, err = run(capsys, "rebuild", "--db", Path(db).name, "--jobs", "2")
+    assert code == 0, err
+    assert len(shadows) == 2
+    for shadow in shadows:  # in a temporary directory in the working directory
+        assert Path(shadow).resolve().parent.parent == Path(db).parent.resolve()
+
+
 def test_a_signal_during_the_catch_up_after_the_swap_stops_it(
     capsys: pytest.CaptureFixture[str], db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
