@@ -7,7 +7,8 @@ every error, so :func:`make_runner` gives the server a request handler whose
 :meth:`~aiohttp.web_protocol.RequestHandler.handle_error` answers
 ``{"success": false, "code": "bad_request", "error": "malformed HTTP request: ..."}`` with
 the same status (and, for an error outside any handler, a JSON 500). aiohttp still logs
-the error and closes the connection, as it does for its own answer.
+the error and closes the connection, as it does for its own answer, and the request is
+counted in ``/metrics`` under the route ``(unparsed)``.
 
 Such a request never reaches the application, so it is not in the postback log: it has
 no path to tell whether it was meant for a partner endpoint. The access log has it.
@@ -16,6 +17,7 @@ no path to tell whether it was meant for a partner endpoint. The access log has 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -23,6 +25,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from postback.access_log import JsonAccessLogger
+from postback.keys import METRICS
 
 _MAX_DETAIL = 200
 """Characters of aiohttp's own description kept in the answer at most."""
@@ -41,7 +44,13 @@ def error_body(status: int, message: str | None) -> dict[str, Any]:
     return {"success": False, "code": "bad_request", "error": text}
 
 
+UNPARSED_ROUTE = "(unparsed)"
+"""The ``route`` label of such requests in ``postback_http_requests`` (method ``-``)."""
+
+
 class _JsonErrorsRequestHandler(RequestHandler):
+    on_refused: Callable[[int], None] | None = None
+
     def handle_error(
         self,
         request: Any,
@@ -57,26 +66,37 @@ class _JsonErrorsRequestHandler(RequestHandler):
             content_type="application/json",
         )
         response.force_close()
+        if self.on_refused is not None:
+            self.on_refused(plain.status)
         return response
 
 
 class _JsonErrorsServer(web.Server):
     """aiohttp's low-level server, handing connections to :class:`_JsonErrorsRequestHandler`."""
 
+    on_refused: Callable[[int], None] | None = None
+
     def __call__(self) -> RequestHandler:
-        return _JsonErrorsRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler = _JsonErrorsRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler.on_refused = self.on_refused
+        return handler
 
 
 class _Runner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()
-        return _JsonErrorsServer(
+        server = _JsonErrorsServer(
             made.request_handler,
             request_factory=made.request_factory,
             handler_cancellation=made.handler_cancellation,
             loop=asyncio.get_running_loop(),
             **made._kwargs,
         )
+        metrics = self._app.get(METRICS)
+        if metrics is not None:  # counted in /metrics as well: no middleware sees them
+            counter = metrics.requests
+            server.on_refused = lambda status: counter.labels(UNPARSED_ROUTE, "-", status).inc()
+        return server
 
 
 def make_runner(app: web.Application) -> web.AppRunner:

@@ -74,6 +74,16 @@ async def test_a_request_aiohttp_cannot_parse_gets_a_json_400(port: int, raw: by
     assert "aaaa" not in answer["error"]  # aiohttp quotes the input; not kept
 
 
+async def test_they_are_counted_in_the_metrics(port: int) -> None:
+    for raw in (MALFORMED["bad Content-Length"], MALFORMED["no HTTP at all"]):
+        await exchange(port, raw)
+    _, _, body = await exchange(
+        port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    line = 'postback_http_requests_total{method="-",route="(unparsed)",status="400"} 2.0'
+    assert line in body.decode()
+
+
 async def test_the_server_still_answers_well_formed_requests_after_one(port: int) -> None:
     await exchange(port, MALFORMED["bad Content-Length"])
     status, headers, body = await exchange(
