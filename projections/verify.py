@@ -242,29 +242,43 @@ def diff_sorted(
     fresh_rows = _checked(fresh, key_length, diff, "replay")
     a, b = next(live_rows, None), next(fresh_rows, None)
     while a is not None or b is not None:
-        if b is None or (a is not None and a[0] < b[0]):
+        if b is None or (a is not None and _before(a[0], b[0])):
             assert a is not None
             note("extra", a[1], None)
             a = next(live_rows, None)
-        elif a is None or b[0] < a[0]:
+        elif a is None or _before(b[0], a[0]):
             note("missing", None, b[1])
             b = next(fresh_rows, None)
         else:
-            if sort_key(a[1]) != sort_key(b[1]):
+            # Equal rows (the rule) are equal for sort_key too: it is only needed otherwise.
+            if a[1] != b[1] and sort_key(a[1]) != sort_key(b[1]):
                 note("changed", a[1], b[1])
             a, b = next(live_rows, None), next(fresh_rows, None)
     return diff
 
 
+def _before(x: Row, y: Row) -> bool:
+    """Whether ``x`` sorts before ``y`` as :func:`sort_key` orders them. Python's own
+    comparison gives that order where it can compare the values (numbers with numbers,
+    text with text, bytes with bytes: one type per column, the rule), at a fraction of the
+    cost of building two keys per row; :func:`sort_key` decides the rest (NULL, mixed
+    types), where Python refuses."""
+    try:
+        return x < y
+    except TypeError:
+        return sort_key(x) < sort_key(y)
+
+
 def _checked(
     rows: Iterable[Sequence[Any]], key_length: int, diff: TableDiff, side: str
-) -> Iterator[tuple[tuple[tuple[int, Any], ...], Row]]:
-    """``(key, row)`` pairs; counts the rows; raises if the stream is not sorted by key."""
-    previous: tuple[tuple[int, Any], ...] | None = None
+) -> Iterator[tuple[Row, Row]]:
+    """``(key values, row)`` pairs; counts the rows; raises if the stream is not sorted by
+    key."""
+    previous: Row | None = None
     for row in rows:
         values = tuple(row)
-        key = sort_key(values[:key_length])
-        if previous is not None and key < previous:
+        key = values[:key_length]
+        if previous is not None and _before(key, previous):
             raise ValueError(f"the {side} rows of {diff.table} are not in key order")
         previous = key
         if side == "live":

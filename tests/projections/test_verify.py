@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from eventstore.base import RecordedEvent
 from eventstore.sqlite import SQLiteEventStore
@@ -211,3 +213,48 @@ async def test_live_projections_against_a_fresh_replay(
     assert "DIFF goal_stats.goal_facts: 1 changed" in report
     assert "changed row (position=2): amount_whole: live 7, replay 0" in report
     assert "checkpoint: live 2, replay 3" in report
+
+
+def _reference_diff(
+    key_length: int, live: list[tuple[Any, ...]], fresh: list[tuple[Any, ...]]
+) -> tuple[int, int, int]:
+    """(missing, extra, changed) by sort_key alone: what diff_sorted must count."""
+    live_by_key = {sort_key(row[:key_length]): row for row in live}
+    fresh_by_key = {sort_key(row[:key_length]): row for row in fresh}
+    missing = len(fresh_by_key.keys() - live_by_key.keys())
+    extra = len(live_by_key.keys() - fresh_by_key.keys())
+    changed = sum(
+        1
+        for key in live_by_key.keys() & fresh_by_key.keys()
+        if sort_key(live_by_key[key]) != sort_key(fresh_by_key[key])
+    )
+    return missing, extra, changed
+
+
+_VALUES = st.one_of(
+    st.none(),
+    st.integers(-3, 3),
+    st.sampled_from([0.5, -1.5, 2.0]),
+    st.text(alphabet="ab\u00e9\u65e5", max_size=2),
+    st.binary(max_size=2),
+)
+
+
+@given(
+    st.lists(st.tuples(_VALUES, _VALUES, _VALUES), max_size=12),
+    st.lists(st.tuples(_VALUES, _VALUES, _VALUES), max_size=12),
+)
+def test_diff_sorted_counts_as_sort_key_does_with_any_types(
+    live: list[tuple[Any, ...]], fresh: list[tuple[Any, ...]]
+) -> None:
+    """Mixed types in one column, NULLs, 1 against 1.0: the merge compares values in
+    Python where it can, and must still count exactly what sort_key alone would."""
+
+    def unique_sorted(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        by_key = {sort_key(row[:2]): row for row in rows}  # a key names one row
+        return [by_key[key] for key in sorted(by_key)]
+
+    live, fresh = unique_sorted(live), unique_sorted(fresh)
+    diff = diff_sorted(TableDiff("p", "t"), ("a", "b", "c"), 2, live, fresh)
+    assert (diff.missing, diff.extra, diff.changed) == _reference_diff(2, live, fresh)
+    assert (diff.live_rows, diff.fresh_rows) == (len(live), len(fresh))
