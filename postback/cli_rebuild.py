@@ -220,10 +220,12 @@ async def build_shadows(
     head: int,
     batch_size: int,
     on_progress: Callable[[int, int], object],
+    on_built: Callable[[int], object] | None = None,
 ) -> str | None:
     """Run one shadow child per shard (``(new file, its projections)``), all at once, each
-    up to position ``head``, telling ``on_progress(slowest child's position, head)``;
-    None when all succeeded, else what failed (the others are then stopped)."""
+    up to position ``head``, telling ``on_progress(slowest child's position, head)`` and
+    ``on_built(index)`` as each shard's child succeeds; None when all succeeded, else what
+    failed (the others are then stopped)."""
     positions = [0] * len(shards)
     processes: list[asyncio.subprocess.Process] = []
     pending: dict[asyncio.Future[int], int] = {}
@@ -260,6 +262,8 @@ async def build_shadows(
                 if code != 0:
                     names = ", ".join(p.name for p in shards[index][1])
                     return f"the child rebuilding {names} exited with status {code}"
+                if on_built is not None:
+                    on_built(index)
         return None
     finally:
         for process in processes:

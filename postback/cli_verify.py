@@ -119,28 +119,46 @@ async def _replay_here(
 async def _replay_in_children(
     config: Config, live_conn: SqlConnection, position: int, jobs: int, limit: int
 ) -> tuple[int, list[ProjectionDiff]]:
+    """Replay in shadows, a group per child; each group is compared with the live
+    projections as soon as its child is done, while the others still replay."""
     projections = all_projections()
     order = {projection.name: index for index, projection in enumerate(projections)}
-    replayed = position
-    diffs: list[ProjectionDiff] = []
     groups = plan_shards(projections, jobs)
+    built: asyncio.Queue[int | None] = asyncio.Queue()
+    reached: list[int] = []
+    diffs: list[ProjectionDiff] = []
     async with shadow_places(config, len(groups), "verify") as places:
         shards = list(zip(places, groups, strict=True))
-        failed = await build_shadows(config, shards, position, DEFAULT_BATCH_SIZE, lambda *_: None)
+
+        async def compare_as_built() -> None:
+            while (index := await built.get()) is not None:
+                shadow, group = shards[index]
+                fresh = shadow_database(config, shadow)
+                try:
+                    async with fresh.snapshot() as fresh_conn:
+                        stored = await asyncio.to_thread(read_checkpoints, fresh_conn)
+                        reached.extend(stored.get(p.name, 0) for p in group)
+                        diffs.extend(
+                            await asyncio.to_thread(
+                                compare_projections, live_conn, fresh_conn, group, limit
+                            )
+                        )
+                finally:
+                    await fresh.close()
+
+        comparing = asyncio.ensure_future(compare_as_built())
+        try:
+            failed = await build_shadows(
+                config, shards, position, DEFAULT_BATCH_SIZE, lambda *_: None, built.put_nowait
+            )
+        finally:
+            # The comparison under way finishes (it runs in a thread, on live_conn); no other
+            # starts after a failure.
+            built.put_nowait(None)
+            await comparing
         if failed:
             raise ReplayFailedError(failed)
-        for shadow, group in shards:
-            fresh = shadow_database(config, shadow)
-            try:
-                async with fresh.snapshot() as fresh_conn:
-                    reached = await asyncio.to_thread(read_checkpoints, fresh_conn)
-                    replayed = min(replayed, *(reached.get(p.name, 0) for p in group))
-                    diffs += await asyncio.to_thread(
-                        compare_projections, live_conn, fresh_conn, group, limit
-                    )
-            finally:
-                await fresh.close()
-    return replayed, sorted(diffs, key=lambda diff: order[diff.name])
+    return min([position, *reached]), sorted(diffs, key=lambda diff: order[diff.name])
 
 
 def _print_log_report(report: VerifyReport) -> None:
