@@ -24,7 +24,7 @@ Run from the repository root::
    place (``--jobs 1``) and with ``--jobs`` shadow schemas; the schema is dropped after.
 
 Prints both rates, their ratio and the targets (200,000 events/s, ratio >= 0.15, peak RSS
-under 300 MB). Only stdlib, orjson and the project are used.
+under 300 MB). Only stdlib, orjson, asyncpg (for ``--dsn``) and the project are used.
 """
 
 from __future__ import annotations
@@ -264,8 +264,8 @@ def _rebuild(db: Path, batch_size: int, jobs: int, dsn: str | None = None) -> di
     (``RUSAGE_CHILDREN``: an upper bound, as a child's ``ru_maxrss`` starts from what its
     parent had when it forked); the command's total is at most the first plus ``jobs``
     times the second."""
-    projections_file = db.with_name("bench.projections.db")  # the command's default place
-    _remove_db(projections_file)
+    if dsn is None:
+        _remove_db(db.with_name("bench.projections.db"))  # the command's default place
     tune_process()
     log = ["--db", str(db)] if dsn is None else ["--dsn", dsn]  # dsn: a copy of db's log
     argv = ["rebuild", *log, "--batch-size", str(batch_size), "--jobs", str(jobs)]

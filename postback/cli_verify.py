@@ -125,6 +125,7 @@ async def _replay_in_children(
     order = {projection.name: index for index, projection in enumerate(projections)}
     groups = plan_shards(projections, jobs)
     built: asyncio.Queue[int | None] = asyncio.Queue()
+    skipping = asyncio.Event()  # a child failed (or this was cancelled): compare no more
     reached: list[int] = []
     diffs: list[ProjectionDiff] = []
     async with shadow_places(config, len(groups), "verify") as places:
@@ -132,6 +133,8 @@ async def _replay_in_children(
 
         async def compare_as_built() -> None:
             while (index := await built.get()) is not None:
+                if skipping.is_set():
+                    continue
                 shadow, group = shards[index]
                 fresh = shadow_database(config, shadow)
                 try:
@@ -147,15 +150,31 @@ async def _replay_in_children(
                     await fresh.close()
 
         comparing = asyncio.ensure_future(compare_as_built())
-        try:
-            failed = await build_shadows(
+        building = asyncio.ensure_future(
+            build_shadows(
                 config, shards, position, DEFAULT_BATCH_SIZE, lambda *_: None, built.put_nowait
             )
+        )
+        failed: str | None = None
+        try:
+            await asyncio.wait({building, comparing}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            # The comparison under way finishes (it runs in a thread, on live_conn); no other
-            # starts after a failure.
+            if not building.done():  # the comparison failed, or this is being cancelled
+                building.cancel()  # stops and reaps the children
+                await asyncio.gather(building, return_exceptions=True)
+            if building.cancelled() or building.exception() is not None:
+                skipping.set()
+            else:
+                failed = building.result()
+                if failed:
+                    skipping.set()
+            # The comparison under way (in a thread, on live_conn) finishes before anything
+            # else happens; its error, if it had one, is raised here.
             built.put_nowait(None)
             await comparing
+        error = building.exception()
+        if error is not None:
+            raise error
         if failed:
             raise ReplayFailedError(failed)
     return min([position, *reached]), sorted(diffs, key=lambda diff: order[diff.name])

@@ -8,7 +8,8 @@ every error, so :func:`make_runner` gives the server a request handler whose
 ``{"success": false, "code": "bad_request", "error": "malformed HTTP request: ..."}`` with
 the same status (and, for an error outside any handler, a JSON 500). aiohttp still logs
 the error and closes the connection, as it does for its own answer, and the request is
-counted in ``/metrics`` under the route ``(unparsed)``.
+counted in ``/metrics`` under the route ``(unparsed)`` (an error that escaped every
+middleware, which aiohttp answers through the same method, under ``(unhandled)``).
 
 Such a request never reaches the application, so it is not in the postback log: it has
 no path to tell whether it was meant for a partner endpoint. The access log has it.
@@ -46,6 +47,8 @@ def error_body(status: int, message: str | None) -> dict[str, Any]:
 
 UNPARSED_ROUTE = "(unparsed)"
 """The ``route`` label of such requests in ``postback_http_requests`` (method ``-``)."""
+UNHANDLED_ROUTE = "(unhandled)"
+"""The ``route`` label of an error that escaped every middleware (a 500, a bug)."""
 
 
 class _JsonErrorsRequestHandler(RequestHandler):
@@ -95,7 +98,9 @@ class _Runner(web.AppRunner):
         metrics = self._app.get(METRICS)
         if metrics is not None:  # counted in /metrics as well: no middleware sees them
             counter = metrics.requests
-            server.on_refused = lambda status: counter.labels(UNPARSED_ROUTE, "-", status).inc()
+            server.on_refused = lambda status: counter.labels(
+                UNPARSED_ROUTE if status < 500 else UNHANDLED_ROUTE, "-", status
+            ).inc()
         return server
 
 

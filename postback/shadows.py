@@ -43,7 +43,9 @@ async def shadow_places(config: Config, count: int, purpose: str) -> AsyncIterat
     if config.dsn is None:
         # A rebuild's shadows go beside the projections file (the swap reads them back,
         # and the system's temporary directory may be small); a replay's to the system's.
-        beside = os.path.dirname(projections_path(config.db_path)) or "."
+        # Absolute: the children and the swap must find them whatever their directory.
+        live = projections_path(config.db_path)
+        beside = os.path.dirname(os.path.abspath(live))  # noqa: ASYNC240 (once, no I/O)
         folder = beside if purpose == "rebuild" else None
         with tempfile.TemporaryDirectory(prefix=f".postback-{purpose}-", dir=folder) as tmp:
             yield [os.path.join(tmp, f"shadow{n}.db") for n in range(count)]

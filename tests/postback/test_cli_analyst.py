@@ -32,7 +32,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from eventstore.base import NewEvent
 from eventstore.sqlite import SQLiteEventStore
-from postback import cli, cli_rebuild
+from postback import cli, cli_rebuild, cli_verify
 from postback.app import create_app
 from postback.cli_progress import ProgressBar
 from postback.config import Config
@@ -189,6 +189,31 @@ def test_verify_replays_in_children_or_here_alike(
     assert "verify could not replay the projections" in err
     assert "exited with status 4" in err
     assert "verify: OK" not in out
+
+
+def test_a_failed_comparison_stops_the_replay_children(
+    db: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A group is compared while the others still replay; should that comparison fail,
+    the other children are stopped at once (not waited for) and its error raised."""
+    asyncio.run(cli_verify.check(Config(db_path=db), None, jobs=1))  # catches them up
+    marker = tmp_path / "slow-child"
+    real = cli_rebuild.shadow_command
+
+    def one_is_slow(config: Config, names: Sequence[str], *rest: Any) -> list[str]:
+        if "subscribers" in names:
+            script = f"import time; time.sleep(60); open({str(marker)!r}, 'w').write('done')"
+            return [sys.executable, "-c", script]
+        return real(config, names, *rest)
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("the comparison broke")
+
+    monkeypatch.setattr(cli_rebuild, "shadow_command", one_is_slow)
+    monkeypatch.setattr(cli_verify, "compare_projections", broken)
+    with pytest.raises(RuntimeError, match="the comparison broke"):
+        asyncio.run(cli_verify.check(Config(db_path=db), None, jobs=2))
+    assert not marker.exists()  # terminated, not run to its end
 
 
 def test_verify_reports_missing_and_extra_rows(capsys: pytest.CaptureFixture[str], db: str) -> None:

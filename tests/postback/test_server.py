@@ -13,15 +13,25 @@ from pathlib import Path
 import orjson
 import pytest
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from postback.app import create_app
 from postback.config import Config
 from postback.server import error_body, make_runner
 
 
+@web.middleware
+async def breaks_on_boom(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outside the app's own error middleware: what only aiohttp's handler catches."""
+    if request.path == "/boom":
+        raise RuntimeError("a bug outside every middleware")
+    return await handler(request)
+
+
 @pytest.fixture
 async def port(tmp_path: Path) -> AsyncIterator[int]:
     app = create_app(Config(db_path=str(tmp_path / "t.db"), run_projections=False))
+    app.middlewares.insert(0, breaks_on_boom)
     runner = make_runner(app)
     await runner.setup()
     try:
@@ -82,6 +92,20 @@ async def test_they_are_counted_in_the_metrics(port: int) -> None:
     )
     line = 'postback_http_requests_total{method="-",route="(unparsed)",status="400"} 2.0'
     assert line in body.decode()
+
+
+async def test_an_error_outside_every_middleware_is_a_json_500_counted_apart(port: int) -> None:
+    status, headers, body = await exchange(
+        port, b"GET /boom HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert status == 500
+    assert headers["content-type"].startswith("application/json")
+    assert orjson.loads(body) == {"success": False, "code": "internal", "error": "internal error"}
+    _, _, metrics = await exchange(
+        port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert 'route="(unhandled)",status="500"} 1.0' in metrics.decode()
+    assert "(unparsed)" not in metrics.decode()
 
 
 async def test_the_server_still_answers_well_formed_requests_after_one(port: int) -> None:

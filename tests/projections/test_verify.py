@@ -258,3 +258,28 @@ def test_diff_sorted_counts_as_sort_key_does_with_any_types(
     diff = diff_sorted(TableDiff("p", "t"), ("a", "b", "c"), 2, live, fresh)
     assert (diff.missing, diff.extra, diff.changed) == _reference_diff(2, live, fresh)
     assert (diff.live_rows, diff.fresh_rows) == (len(live), len(fresh))
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [(2, "b"), (1, "a")],  # numbers out of order
+        [("b", 1), ("a", 2)],  # text out of order
+        [("a", 1), (None, 2)],  # NULL sorts first: out of order after text
+        [(1, "x"), (None, "y")],  # NULL after a number
+    ],
+)
+def test_rows_out_of_key_order_are_a_problem_not_a_diff(rows: list[tuple[Any, ...]]) -> None:
+    """The merge relies on both sides being sorted by key; a side that is not (a database
+    that orders otherwise) is reported as such instead of miscounted."""
+    diff = compare_sorted_or_problem(rows)
+    assert diff.problem == "the live rows of t are not in key order"
+
+
+def compare_sorted_or_problem(rows: list[tuple[Any, ...]]) -> TableDiff:
+    diff = TableDiff("p", "t")
+    try:
+        diff_sorted(diff, ("k", "v"), 1, rows, sorted(rows, key=sort_key))
+    except ValueError as exc:
+        diff.problem = str(exc)
+    return diff
