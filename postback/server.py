@@ -95,7 +95,7 @@ class _Runner(web.AppRunner):
             loop=asyncio.get_running_loop(),
             **made._kwargs,
         )
-        metrics = self._app.get(METRICS)
+        metrics = self.app.get(METRICS)
         if metrics is not None:  # counted in /metrics as well: no middleware sees them
             counter = metrics.requests
             server.on_refused = lambda status: counter.labels(
