@@ -7,6 +7,14 @@ LISTENs on its schema's channel and reports every notified position.
 
 When that connection is lost, it reconnects (with a growing delay); after every LISTEN it
 reads the head once, so appends committed while it was away are not missed.
+
+A connection can also die silently: a NAT or a load balancer that drops idle TCP
+connections (after four or five minutes on the big clouds) sends nothing, and the
+listener would wait for notifications that never come. So every ``PROBE_INTERVAL``
+seconds it reads the head on that connection: the answer is delivered like a
+notification (covering any that was lost), the traffic keeps the connection from looking
+idle, and a probe unanswered within ``PROBE_TIMEOUT`` (or failing) drops the connection
+and reconnects.
 """
 
 from __future__ import annotations
@@ -21,6 +29,12 @@ from eventstore.postgres_driver import DRIVER_ERRORS, Connection, translated
 _MAX_IDENTIFIER = 63  # bytes; PostgreSQL's NAMEDATALEN - 1
 _FIRST_RETRY = 0.05
 _MAX_RETRY = 2.0
+PROBE_INTERVAL = 30.0
+"""Seconds between two reads of the head on the listening connection."""
+PROBE_TIMEOUT = 10.0
+"""Seconds a probe may take before the connection is taken for dead."""
+_HEAD = "SELECT position FROM chain_head"
+_PROBE_FAILURES: tuple[type[BaseException], ...] = (TimeoutError, *DRIVER_ERRORS)
 
 
 def channel_for(schema: str) -> str:
@@ -67,7 +81,7 @@ class Listener:
                 conn.add_termination_listener(lambda _conn: lost.set())
                 await conn.add_listener(self._channel, self._notified)
                 # Read after LISTEN: whatever commits later is notified, nothing falls between.
-                position = await conn.fetchval("SELECT position FROM chain_head")
+                position = await conn.fetchval(_HEAD)
         except BaseException:
             conn.terminate()
             raise
@@ -83,7 +97,7 @@ class Listener:
 
     async def _reconnect_loop(self) -> None:
         while True:
-            await self._lost.wait()
+            await self._until_lost()
             delay = _FIRST_RETRY
             while True:
                 try:
@@ -92,6 +106,23 @@ class Listener:
                 except Exception:  # the store's errors or a driver's: the server is away
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, _MAX_RETRY)
+
+    async def _until_lost(self) -> None:
+        """Return once the connection is lost, probing it every ``PROBE_INTERVAL``."""
+        while True:
+            try:
+                await asyncio.wait_for(self._lost.wait(), PROBE_INTERVAL)
+                return
+            except TimeoutError:
+                pass
+            conn = self._conn
+            assert conn is not None
+            try:
+                position = await asyncio.wait_for(conn.fetchval(_HEAD), PROBE_TIMEOUT)
+            except _PROBE_FAILURES:
+                conn.terminate()  # silent, or broken: a new connection
+                return
+            self._on_position(int(position))
 
     async def close(self) -> None:
         if self._task is not None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from eventstore import postgres_writer
+from eventstore import postgres_listen, postgres_writer
 from eventstore.base import NO_STREAM, AppendResult, NewEvent
 from eventstore.errors import (
     ConcurrencyError,
@@ -197,6 +197,66 @@ async def test_a_lost_listener_reconnects(pg_schema: str) -> None:
             assert not done
             await writer.append("s", [new()])
             assert await asyncio.wait_for(waiter, WAIT) == round_ + 1
+
+
+async def test_an_unanswered_probe_replaces_the_listening_connection(
+    pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listening connection that died without a word (a NAT dropped it) answers no
+    probe: the listener takes a new one, and waiters are woken again."""
+    monkeypatch.setattr(postgres_listen, "PROBE_INTERVAL", 0.05)
+    monkeypatch.setattr(postgres_listen, "PROBE_TIMEOUT", 0.2)
+    async with (
+        await open_store(pg_schema) as watcher,
+        await open_store(pg_schema) as writer,
+        raw_connection(pg_schema) as admin,
+    ):
+
+        async def listeners() -> set[int]:
+            rows = await admin.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+                f"{watcher.channel} listener",
+            )
+            return {row[0] for row in rows}
+
+        before = await listeners()
+        assert len(before) == 2
+        # As good as silent: the probes' reads of the head wait behind this lock (taken
+        # on a connection of its own: pg_stat_activity holds still within a transaction).
+        async with raw_connection(pg_schema) as locker:
+            transaction = locker.transaction()
+            await transaction.start()
+            await locker.execute("LOCK TABLE chain_head IN ACCESS EXCLUSIVE MODE")
+
+            async def replaced() -> bool:
+                return len(await listeners() - before) == 2
+
+            await wait_until(replaced, "both stores open new listening connections")
+            await transaction.rollback()
+
+        async def settled() -> bool:
+            now = await listeners()
+            return len(now) == 2 and not now & before
+
+        await wait_until(settled, "only the new listening connections remain")
+        waiter = asyncio.create_task(watcher.wait_for_events(0))
+        await writer.append("s", [new()])
+        assert await asyncio.wait_for(waiter, WAIT) == 1
+
+
+async def test_the_probe_delivers_the_head_a_lost_notification_missed(
+    pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(postgres_listen, "PROBE_INTERVAL", 0.05)
+    async with await open_store(pg_schema) as store:
+        await store.append("s", [new()])
+        waiter = asyncio.create_task(store.wait_for_events(1))
+        done, _ = await asyncio.wait({waiter}, timeout=0.05)
+        assert not done  # waiting for a notification
+        async with raw_connection(pg_schema) as admin:
+            # A commit whose NOTIFY never arrived, as far as the listener can tell.
+            await admin.execute("UPDATE chain_head SET position = position + 1")
+        assert await asyncio.wait_for(waiter, WAIT) == 2
 
 
 async def test_a_lost_writer_connection_fails_its_batch_and_reconnects(pg_schema: str) -> None:
