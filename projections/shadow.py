@@ -139,6 +139,11 @@ def _copy_shard(
     return reached
 
 
+def _tables_of(projections: Sequence[Projection]) -> list[str]:
+    """Every table ``projections`` own, sorted: the one order locks are taken in."""
+    return sorted({table for projection in projections for table in owned_tables(projection)})
+
+
 class TablesBusyError(EventStoreError):
     """:func:`swap_schemas` could not lock the live tables at once (another session is
     reading or writing them); nothing changed, and the swap may be tried again."""
@@ -167,7 +172,7 @@ def swap_schemas(
     """
     (live,) = conn.execute("SELECT current_schema()").fetchone()
     everything = [projection for _shadow, projections in shards for projection in projections]
-    tables = sorted({table for projection in everything for table in owned_tables(projection)})
+    tables = _tables_of(everything)
     present = {
         str(name)
         for (name,) in conn.execute(
@@ -205,5 +210,5 @@ def lock_for_reading(conn: SqlConnection, projections: Sequence[Projection]) -> 
     swap (:func:`swap_schemas`) replaces one of them before the transaction ends: a reader
     that compares them all (``verify``) reads every table as of one moment. Waits for a
     swap under way. The tables must exist (a runner's setup creates them)."""
-    tables = sorted({table for projection in projections for table in owned_tables(projection)})
+    tables = _tables_of(projections)
     conn.execute(f"LOCK TABLE {', '.join(map(quote, tables))} IN ACCESS SHARE MODE")

@@ -166,6 +166,14 @@ async def test_waiters_are_woken_by_another_instances_appends(pg_schema: str) ->
             assert await asyncio.wait_for(waiter, WAIT) == round_ + 1
 
 
+async def listener_pids(admin: Any, channel: str) -> set[int]:
+    """The backends of the stores' listening connections on ``channel``."""
+    rows = await admin.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = $1", f"{channel} listener"
+    )
+    return {row[0] for row in rows}
+
+
 async def test_a_lost_listener_reconnects(pg_schema: str) -> None:
     async with (
         await open_store(pg_schema) as watcher,
@@ -174,11 +182,7 @@ async def test_a_lost_listener_reconnects(pg_schema: str) -> None:
     ):
 
         async def listeners() -> set[int]:
-            rows = await admin.fetch(
-                "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
-                f"{watcher.channel} listener",
-            )
-            return {row[0] for row in rows}
+            return await listener_pids(admin, watcher.channel)
 
         before = await listeners()
         assert len(before) == 2  # one per store
@@ -213,11 +217,7 @@ async def test_an_unanswered_probe_replaces_the_listening_connection(
     ):
 
         async def listeners() -> set[int]:
-            rows = await admin.fetch(
-                "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
-                f"{watcher.channel} listener",
-            )
-            return {row[0] for row in rows}
+            return await listener_pids(admin, watcher.channel)
 
         before = await listeners()
         assert len(before) == 2
