@@ -142,8 +142,10 @@ def projection_database(config: Config) -> ProjectionDatabase | None:
 def projection_runner(store: EventStore, config: Config, **options: Any) -> ProjectionRunner:
     """A runner of every projection on ``store``, in the configured projection database.
 
-    ``options`` go to :class:`ProjectionRunner` (``batch_size``, ``path`` for SQLite).
+    ``options`` go to :class:`ProjectionRunner` (``batch_size``, ``path`` for SQLite,
+    ``live_interval``: the configured ``projection_interval`` unless given).
     """
+    options.setdefault("live_interval", config.projection_interval)
     return ProjectionRunner(
         store, all_projections(), database=projection_database(config), **options
     )

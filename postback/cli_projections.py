@@ -99,10 +99,6 @@ async def _sending(
         yield
 
 
-_LOOK_EVERY = 0.05
-"""Under ``serve``, the child looks at the log at most this often (seconds): applying a
-pause's events in one transaction costs the projections less than one per group commit,
-and a read that waits for fresh projections waits at most this much longer."""
 _REPORT_EVERY = 1.0
 """Under ``serve``, the child reports at least this often (seconds), changed or not."""
 
@@ -131,27 +127,35 @@ async def _report_positions(
         except BrokenPipeError:
             stop.set()  # the serving process is gone
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(runner.wait_until(position + 1), _REPORT_EVERY)
+        # Not asyncio.wait_for: on 3.11 it swallows a cancellation that comes as the wait
+        # ends (the runner's last transaction on stopping), and this loop would go on.
+        moved = asyncio.ensure_future(runner.wait_until(position + 1, urgent=False))
+        try:
+            await asyncio.wait({moved}, timeout=_REPORT_EVERY)
+        finally:
+            moved.cancel()
+        if moved.done() and not moved.cancelled():
+            moved.result()  # the runner failed or closed: this ends too
 
 
-async def _watch_parent(store: EventStore, stop: asyncio.Event) -> None:
+async def _watch_parent(store: EventStore, runner: ProjectionRunner, stop: asyncio.Event) -> None:
     """Under ``serve``: each line on stdin says the log grew (look now, not at the next
-    poll); the end of stdin says the serving process is gone (stop, as on SIGTERM)."""
+    poll), a ``!`` that a reader waits for the projections (apply now, without the
+    runner's live pause); the end of stdin says the serving process is gone (stop, as on
+    SIGTERM)."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     transport, _ = await loop.connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
     )
     try:
-        while await reader.read(4096):
+        while words := await reader.read(4096):
+            if b"!" in words:
+                runner.hurry()
             try:
                 await store.last_position()
             except EventStoreError as exc:  # the runner's own poll will look again
                 _say(f"could not look at the log's head: {exc}")
-            # Words that come meanwhile are read as one: the runner applies the events of
-            # this pause in one transaction instead of one per group commit.
-            await asyncio.sleep(_LOOK_EVERY)
     finally:
         transport.close()
         stop.set()
@@ -179,7 +183,7 @@ async def _project(config: Config, batch_size: int, *, supervised: bool = False)
         helpers = (
             [
                 loop.create_task(_report_positions(runner, metrics, stop)),
-                loop.create_task(_watch_parent(store, stop)),
+                loop.create_task(_watch_parent(store, runner, stop)),
             ]
             if supervised
             else []

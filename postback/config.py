@@ -35,6 +35,11 @@ class Config:
     # create_app does by default) or "process": a child `postback project` that this
     # process supervises (what `postback serve` does by default; postback/projector.py).
     projector: str = "inline"
+    # Following the log live, the projections apply at most this often (seconds): the
+    # events of the pause go in one transaction, which costs a fraction of one per group
+    # commit. A reader that waits for its own writes (stats, listings) does not wait for
+    # it (projections/runner.py: urgent wait_until, hurry). 0: apply each as it comes.
+    projection_interval: float = 0.2
     # PostgreSQL: how often an instance whose projection runner follows tries to lead.
     leader_retry: float = 2.0
     # The outbox (docs/outbox.md): runs with the projections unless switched off.
@@ -56,6 +61,7 @@ class Config:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         for name in (
+            "projection_interval",
             "outbox_backoff_base",
             "outbox_backoff_max",
             "outbox_timeout",
@@ -125,6 +131,7 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "POSTBACK_TELEGRAM_API_URL": ("telegram_api_url", str),
     "POSTBACK_DURABILITY": ("durability", str),
     "POSTBACK_LEADER_RETRY": ("leader_retry", _seconds),
+    "POSTBACK_PROJECTION_INTERVAL": ("projection_interval", _seconds),
     "POSTBACK_PROJECTOR": ("projector", _projector),
     "POSTBACK_OUTBOX": ("outbox", _switch),
     "POSTBACK_OUTBOX_CONCURRENCY": ("outbox_concurrency", _count),

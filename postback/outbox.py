@@ -255,7 +255,7 @@ class Outbox:
         """Until woken, the projections pass ``seen``, or ``seconds`` (at most a minute)."""
         waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
         if seen is not None:
-            waiters.append(asyncio.ensure_future(self._runner.wait_until(seen + 1)))
+            waiters.append(asyncio.ensure_future(self._runner.wait_until(seen + 1, urgent=False)))
         limit = _MAX_SLEEP if seconds is None else min(max(seconds, 0.0), _MAX_SLEEP)
         try:
             done, _ = await asyncio.wait(

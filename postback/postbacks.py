@@ -27,6 +27,7 @@ RUNNER = web.AppKey("projection_runner", ProjectionRunner)
 CHILD = web.AppKey("projector_child", projector.ChildProjector)
 log = logging.getLogger("postback.projections")
 _FRESHNESS_WAIT = 5.0
+_STOP_WAIT = 10.0
 
 
 @contextlib.asynccontextmanager
@@ -43,15 +44,19 @@ async def projections(app: web.Application) -> AsyncIterator[None]:
     try:
         async with contextlib.AsyncExitStack() as beside:
             if in_child:
-                app[CHILD] = await beside.enter_async_context(
+                child = await beside.enter_async_context(
                     projector.running(config, runner.database, app[METRICS].relay_outbox)
                 )
+                app[CHILD] = child
+                runner.on_behind = child.hurry  # a read that waits hurries the child
             elif config.run_projections and config.outbox:
                 await beside.enter_async_context(outbox.running(app, runner))
             yield
     finally:
         try:
             if task is not None:
+                runner.stop()  # it applies what it gathered during its live pause, then ends
+                await asyncio.wait({task}, timeout=_STOP_WAIT)
                 await reap(task, log, "the projection runner had failed")
         finally:
             await runner.close()

@@ -8,7 +8,9 @@ running:
 * The child catches the projections up, follows the log, applies, and sends the outbox
   while it leads, exactly as a ``postback project`` run by hand.
 * After each group commit the server writes a line to the child's stdin (the log grew:
-  the child looks at once instead of at its next poll); after each transaction the child
+  the child looks at once instead of at its next poll), and a ``!`` line when a reader
+  waits for the projections (the child applies without its live pause,
+  ``POSTBACK_PROJECTION_INTERVAL``); after each transaction the child
   writes the position reached (and whether it leads) to its stdout, and the server's own
   runner, which only follows (``follow_only``), re-reads the checkpoints: reads that wait
   for fresh projections, ``/healthz`` (``leader`` is the child's) and the lag in
@@ -107,6 +109,12 @@ class ChildProjector:
             return
         if process.stdin.transport.get_write_buffer_size() == 0:  # else one is on its way
             process.stdin.write(b"\n")
+
+    def hurry(self) -> None:
+        """Tell the child a reader waits for the projections: apply now, without pausing."""
+        process = self._process
+        if process is not None and process.stdin is not None and not process.stdin.is_closing():
+            process.stdin.write(b"!\n")
 
     async def run(self) -> None:
         """Start the child, and again whenever it dies or hangs, until :meth:`close`."""

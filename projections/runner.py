@@ -20,6 +20,14 @@ of their own beside the log, or ``database=PostgresProjectionDatabase(dsn)``.
   whose process sends the outbox's deliveries.
   :meth:`~ProjectionRunner.catch_up` and :meth:`~ProjectionRunner.rebuild` apply whoever
   calls them (safe by the two rules above).
+* Following the log live, a runner with a ``live_interval`` applies at most that often:
+  the events that arrive meanwhile go in one transaction, which writes each page they
+  touch once instead of once per group commit (the cost of a live projection is mostly
+  those pages). The pause follows a transaction that applied events, so the first event
+  after a quiet moment is applied at once. A reader that must see the newest events
+  (:meth:`~ProjectionRunner.wait_until`, ``urgent`` by default) or
+  :meth:`~ProjectionRunner.hurry` cuts the pause short; catching up never pauses; a
+  runner stopped while following applies what the log holds (one batch) before it returns.
 * A runner made with ``follow_only=True`` never applies in :meth:`~ProjectionRunner.run`,
   on either backend: it only follows the checkpoints that another process commits (the
   ``postback serve`` whose projections run in a child ``postback project``), so that
@@ -142,6 +150,7 @@ class ProjectionRunner:
         path: str | os.PathLike[str] | None = None,
         database: ProjectionDatabase | None = None,
         follow_only: bool = False,
+        live_interval: float = 0.0,
     ) -> None:
         names = [projection.name for projection in projections]
         if not names:
@@ -150,6 +159,8 @@ class ProjectionRunner:
             raise ValueError(f"projection names must be unique: {names}")
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if not live_interval >= 0:
+            raise ValueError("live_interval must be at least 0")
         if database is not None and path is not None:
             raise ValueError("give path= (an SQLite file) or database=, not both")
         self._store = store
@@ -159,6 +170,12 @@ class ProjectionRunner:
         self._batch_size = batch_size
         self._idle_timeout = idle_timeout
         self._follow_only = follow_only
+        self._live_interval = live_interval
+        self._hurry = asyncio.Event()
+        self._urgent_waiters = 0
+        self.on_behind: Callable[[], None] | None = None
+        """Called when an urgent :meth:`wait_until` has to wait: where the log is applied
+        elsewhere (``follow_only``), the way to make that runner :meth:`hurry`."""
         self._opened = False
         self._open_lock = asyncio.Lock()
         self._apply_lock = asyncio.Lock()
@@ -276,7 +293,7 @@ class ProjectionRunner:
         cancellation; on PostgreSQL only while leading, following the leader otherwise.
         Transient database errors (locked, I/O, a lost connection) are logged and retried
         with backoff; any other error ends ``run()`` (raised) and fails :meth:`wait_until`.
-        After :meth:`stop`, ``run()`` returns at once: a stopped runner stays stopped."""
+        After :meth:`stop`, ``run()`` returns (see there): a stopped runner stays stopped."""
         self._running += 1
         self._run_exited.clear()
         self._failure = None
@@ -290,10 +307,18 @@ class ProjectionRunner:
                         if not led:  # the checkpoints may have moved while following
                             self._advance(await database.read(checkpoints.read_checkpoints))
                             led = True
+                        before = self.position
+                        self._hurry.clear()  # what it asked for is in the log read next
                         position = await self._catch_up(stoppable=True)
                         if self._stop.is_set():
                             break
-                        await self._wait_for_log(position)
+                        if position > before:
+                            await self._pause()
+                        if not self._stop.is_set():
+                            await self._wait_for_log(position)
+                        if self._stop.is_set():  # apply what came meanwhile, then return
+                            await self._catch_up(stoppable=True)
+                            break
                     else:
                         led = False
                         await self._follow(database)
@@ -343,6 +368,18 @@ class ProjectionRunner:
             return task.result()
         return None
 
+    async def _pause(self) -> None:
+        """Up to ``live_interval`` after a transaction that applied events (so the first
+        event after a quiet moment is applied at once), unless hurried or stopped."""
+        if self._live_interval > 0 and not self._urgent_waiters:
+            with contextlib.suppress(TimeoutError):
+                await self._until_stopped(asyncio.wait_for(self._hurry.wait(), self._live_interval))
+
+    def hurry(self) -> None:
+        """Apply what the log holds now, without the rest of the ``live_interval`` pause
+        (someone waits for it). Also what an urgent :meth:`wait_until` does."""
+        self._hurry.set()
+
     async def _wait_for_log(self, position: int) -> None:
         reached = await self._until_stopped(
             self._store.wait_for_events(position, timeout=self._idle_timeout)
@@ -351,23 +388,40 @@ class ProjectionRunner:
             self._head = max(self._head, reached)
 
     def stop(self) -> None:
-        """Ask :meth:`run` to return (after the transaction in progress, if any)."""
+        """Ask :meth:`run` to return: after the transaction in progress, if any, or, if it
+        was following the log live, after one more batch of what the log holds."""
         self._stop.set()
 
-    async def wait_until(self, position: int) -> None:
+    async def wait_until(self, position: int, *, urgent: bool = True) -> None:
         """Return once every projection has applied the log up to ``position``.
+
+        ``urgent`` (a reader waits for its own writes): the runner applies without its
+        ``live_interval`` pause (and :attr:`on_behind` is told, for a ``follow_only``
+        runner). Not urgent: whenever the runner gets there (a background task that
+        wants to know when the projections move on).
 
         Does not apply anything itself: something must be running :meth:`run` (a leader
         here or, on PostgreSQL, elsewhere while this runner's ``run()`` follows it) or
         calling :meth:`catch_up`. Raises :class:`ProjectionStoppedError` if the runner
         closes or ``run()`` fails first. Bound it with ``asyncio.timeout`` where needed.
         """
-        while self.position < position:
-            if self._closed or self._failure is not None:
-                raise ProjectionStoppedError(
-                    "the projection runner " + ("closed" if self._closed else "failed")
-                ) from self._failure
-            await self._advanced.wait()
+        if self.position >= position:
+            return
+        if urgent:
+            self._urgent_waiters += 1
+            self.hurry()
+            if self.on_behind is not None:
+                self.on_behind()
+        try:
+            while self.position < position:
+                if self._closed or self._failure is not None:
+                    raise ProjectionStoppedError(
+                        "the projection runner " + ("closed" if self._closed else "failed")
+                    ) from self._failure
+                await self._advanced.wait()
+        finally:
+            if urgent:
+                self._urgent_waiters -= 1
 
     async def rebuild(self, names: Sequence[str] | None = None) -> int:
         """Reset the projections named (all by default) and apply the log again from 0.

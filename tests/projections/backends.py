@@ -52,11 +52,18 @@ class Scope(Protocol):
         *,
         place: str = "live",
         batch_size: int = 5000,
+        live_interval: float = 0.0,
         **options: Any,
     ) -> ProjectionRunner:
         """A runner on the database at ``place`` (``options`` go to :meth:`database`)."""
         database = self.database(place, **options)
-        return ProjectionRunner(store, projections, batch_size=batch_size, database=database)
+        return ProjectionRunner(
+            store,
+            projections,
+            batch_size=batch_size,
+            database=database,
+            live_interval=live_interval,
+        )
 
     def connect(self, place: str | None = None) -> SqlConnection: ...
 

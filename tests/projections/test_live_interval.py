@@ -1,0 +1,142 @@
+"""``live_interval``: once caught up, a runner applies at most that often (what the log
+gains meanwhile goes in one transaction), unless a reader waits for it (an urgent
+``wait_until``, ``hurry``). Both projection databases, as in test_runner.py."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from eventstore.sqlite import SQLiteEventStore
+from projections.runner import ProjectionRunner
+from tests.projections.conftest import RunnerFactory
+from tests.projections.helpers import Recording, event, recorded, stored_checkpoints
+
+PAUSE = 3600.0
+"""Longer than any test: whatever is applied here was not applied because a pause ended."""
+WAIT = 20.0
+STILL = 0.3
+"""How long a test watches that the runner, pausing, applies nothing."""
+
+
+async def _append(store: SQLiteEventStore, count: int) -> int:
+    result = await store.append("s", [event("Happened", i=i) for i in range(count)])
+    return result.last_position
+
+
+async def _following(runner: ProjectionRunner) -> asyncio.Task[None]:
+    """``runner.run()`` in a task, once it has caught up with the (empty) log."""
+    task = asyncio.create_task(runner.run())
+    await asyncio.wait_for(runner.wait_until(0), WAIT)
+    return task
+
+
+async def test_events_gather_during_the_pause_into_one_transaction(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    projection = Recording()
+    runner = make_runner([projection], live_interval=PAUSE)
+    task = await _following(runner)
+    first = await _append(store, 1)
+    # The first event after a quiet moment is applied at once (an urgent wait also
+    # hurries, so wait without urgency to see it).
+    await asyncio.wait_for(runner.wait_until(first, urgent=False), WAIT)
+    second = await _append(store, 2)
+    third = await _append(store, 3)
+    gathered = asyncio.create_task(runner.wait_until(third, urgent=False))
+    done, _ = await asyncio.wait({gathered}, timeout=STILL)
+    assert not done  # pausing: nothing applied, though the log grew twice
+    assert runner.position == first
+    runner.hurry()
+    await asyncio.wait_for(gathered, WAIT)
+    assert projection.calls[-1] == list(range(first + 1, third + 1))  # one transaction
+    assert second < third
+    assert [row[0] for row in await recorded(runner)] == list(range(1, third + 1))
+    runner.stop()
+    await task
+
+
+async def test_an_urgent_wait_applies_without_waiting_for_the_pause(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    runner = make_runner([Recording()], live_interval=PAUSE)
+    task = await _following(runner)
+    for _ in range(3):  # each time in the middle of a pause
+        last = await _append(store, 2)
+        await asyncio.wait_for(runner.wait_until(last), WAIT)
+        assert runner.lag == 0
+    runner.stop()
+    await task
+
+
+async def test_stopping_during_the_pause_applies_what_gathered(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    runner = make_runner([Recording()], live_interval=PAUSE)
+    task = await _following(runner)
+    first = await _append(store, 1)
+    await asyncio.wait_for(runner.wait_until(first), WAIT)
+    last = await _append(store, 4)
+    runner.stop()
+    await asyncio.wait_for(task, WAIT)
+    assert await stored_checkpoints(runner) == {"recording": last}
+
+
+async def test_no_interval_applies_each_append_as_it_comes(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    projection = Recording()
+    runner = make_runner([projection])
+    task = await _following(runner)
+    for _ in range(3):
+        last = await _append(store, 2)
+        await asyncio.wait_for(runner.wait_until(last, urgent=False), WAIT)
+    assert projection.calls[-3:] == [[1, 2], [3, 4], [5, 6]]
+    runner.stop()
+    await task
+
+
+async def test_a_follower_tells_whoever_applies_when_a_reader_waits(
+    store: SQLiteEventStore, tmp_path: Path
+) -> None:
+    """``serve`` with its projections in a child: the follower's ``on_behind`` is how an
+    urgent read reaches the runner that applies (there, a ``!`` line to the child)."""
+    path = tmp_path / "projections.db"
+    leader = ProjectionRunner(store, [Recording()], path=path, live_interval=PAUSE)
+    follower = ProjectionRunner(store, [Recording()], path=path, follow_only=True)
+    told: list[int] = []
+
+    def behind() -> None:
+        told.append(follower.position)
+        leader.hurry()
+
+    follower.on_behind = behind
+    leading = await _following(leader)
+    following = asyncio.create_task(follower.run())
+    try:
+        first = await _append(store, 1)
+        await asyncio.wait_for(leader.wait_until(first, urgent=False), WAIT)
+        follower.database.note_change()  # what the child's report does
+        await asyncio.wait_for(follower.wait_until(first, urgent=False), WAIT)
+        assert told == []  # not urgent: nobody was told
+
+        last = await _append(store, 2)
+        waiting = asyncio.create_task(follower.wait_until(last))
+        await asyncio.wait_for(leader.wait_until(last, urgent=False), WAIT)
+        follower.database.note_change()
+        await asyncio.wait_for(waiting, WAIT)
+        assert told == [first]
+        await follower.wait_until(last)  # already there: nobody is told
+        assert told == [first]
+    finally:
+        await follower.close()
+        await leader.close()
+    await leading
+    await following
+
+
+def test_a_negative_interval_is_refused(store: SQLiteEventStore) -> None:
+    with pytest.raises(ValueError, match="live_interval"):
+        ProjectionRunner(store, [Recording()], path="p.db", live_interval=-1)
