@@ -274,6 +274,7 @@ class Run:
     by_kind: Counter[tuple[str, int]] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     server_cpu: float | None = None
+    serving_cpu: float | None = None  # the serving process(es) alone, without children
     client_cpu: float = 0.0
     machine_cpu: float | None = None  # every process's, to tell what others took
     database_cpu: float = 0.0  # the PostgreSQL server's processes (0 on SQLite)
@@ -320,10 +321,10 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def processes_cpu_seconds(pids: Sequence[int]) -> float | None:
-    """The CPU of all of ``pids`` and their children together (several service instances,
-    each with its projections process)."""
-    everyone = [*pids, *(child for pid in pids for child in children(pid))]
+def processes_cpu_seconds(pids: Sequence[int], *, with_children: bool = True) -> float | None:
+    """The CPU of all of ``pids`` and (unless ``with_children`` is false) their children
+    together (several service instances, each with its projections process)."""
+    everyone = [*pids, *(child for pid in pids for child in children(pid) if with_children)]
     seconds = [process_cpu_seconds(pid) for pid in everyone]
     return None if None in seconds else sum(s for s in seconds if s is not None)
 
@@ -401,6 +402,7 @@ async def drive(run: Run, mix: Mix, pids: Sequence[int], seconds: float, connect
                 mix.done(pick, status)
 
         server_before = processes_cpu_seconds(pids)
+        serving_before = processes_cpu_seconds(pids, with_children=False)
         database_before = postgres_cpu_seconds()
         client_before = own_cpu_seconds()
         machine_before = machine_cpu_seconds()
@@ -410,9 +412,12 @@ async def drive(run: Run, mix: Mix, pids: Sequence[int], seconds: float, connect
         run.seconds = time.perf_counter() - started
         run.client_cpu = own_cpu_seconds() - client_before
         server_after = processes_cpu_seconds(pids)
+        serving_after = processes_cpu_seconds(pids, with_children=False)
         machine_after = machine_cpu_seconds()
         if server_before is not None and server_after is not None:
             run.server_cpu = server_after - server_before
+        if serving_before is not None and serving_after is not None:
+            run.serving_cpu = serving_after - serving_before
         run.database_cpu = postgres_cpu_seconds() - database_before
         if machine_before is not None and machine_after is not None:
             run.machine_cpu = machine_after - machine_before
@@ -461,16 +466,21 @@ def profiling(pid: int, seconds: float, output: Path | None) -> Iterator[None]:
         yield
         return
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    command = [py_spy, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds)))]
-    command += ["--format", "raw", "--rate", "250", "--nonblocking", "--output", str(output)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    time.sleep(0.5)  # let it attach
+    targets = [(pid, output)]  # and its projections process, if it runs one, beside it
+    targets += [(child, output.with_name(f"{output.name}.child")) for child in children(pid)]
+    spies = []
+    for target, path in targets:
+        command = [py_spy, "record", "--pid", str(target), "--duration", str(round(seconds))]
+        command += ["--format", "raw", "--rate", "250", "--nonblocking", "--output", str(path)]
+        spies.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    time.sleep(0.5)  # let them attach
     try:
         yield
     finally:
-        _, err = process.communicate(timeout=seconds + 60)
-        if process.returncode != 0:
-            print(f"py-spy failed ({process.returncode}): {err.decode(errors='replace')}")
+        for spy in spies:
+            _, err = spy.communicate(timeout=seconds + 60)
+            if spy.returncode != 0:
+                print(f"py-spy failed ({spy.returncode}): {err.decode(errors='replace')}")
 
 
 async def server_metrics(base: str) -> dict[str, float]:
@@ -666,6 +676,13 @@ def report(services: Sequence[Run], bare: Run, metrics: dict[str, dict[str, floa
         if run.server_cpu is not None:
             server_us = 1e6 * run.server_cpu / max(1, run.requests)
             text += f"; server {server_us:.0f} us ({1e6 / server_us:,.0f}/s on one core)"
+            if run.serving_cpu is not None and run.serving_cpu < run.server_cpu:
+                serving_us = 1e6 * run.serving_cpu / max(1, run.requests)
+                text += (
+                    f", of which the serving process {serving_us:.0f} us "
+                    f"({1e6 / serving_us:,.0f}/s on its core) and its child "
+                    f"{server_us - serving_us:.0f} us"
+                )
         if run.database_cpu:
             text += f"; PostgreSQL {1e6 * run.database_cpu / max(1, run.requests):.0f} us"
         lines.append(text)
@@ -730,7 +747,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--profile",
         type=Path,
         default=None,
-        help="py-spy collapsed stacks of the service during its run (perturbs the figures)",
+        help="py-spy raw stacks of the service during its run, and of its projections process"
+        " in PROFILE.child (perturbs the figures)",
     )
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.connections < 1 or args.subscribers < 1:
