@@ -72,9 +72,9 @@ async def measured(request: web.Request, handler: Handler) -> web.StreamResponse
     response = await handler(request)
     route = request.match_info.route.resource
     name = route.canonical if route is not None else "unmatched"
-    metrics = request.app[METRICS]
-    metrics.requests.labels(name, request.method, str(response.status)).inc()
-    metrics.request_seconds.labels(name).observe(time.perf_counter() - started)
+    request.app[METRICS].observe_request(
+        name, request.method, response.status, time.perf_counter() - started
+    )
     return response
 
 

@@ -15,6 +15,7 @@ Families = list[list[Any]]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+_MAX_CACHED_LABELS = 10_000  # routes x methods x statuses: a few hundred in practice
 
 
 class _Relayed(Collector):
@@ -35,6 +36,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._relayed: _Relayed | None = None
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.requests = Counter(
             "postback_http_requests",
             "HTTP requests by route and status",
@@ -127,6 +129,20 @@ class Metrics:
             self._relayed = _Relayed()
             self.registry.register(self._relayed)
         self._relayed.families = families
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One answered request: counted by route, method and status, timed by route."""
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:  # labels() takes a lock and checks its values: once per key
+            children = (
+                self.requests.labels(route, method, str(status)),
+                self.request_seconds.labels(route),
+            )
+            if len(self._request_children) < _MAX_CACHED_LABELS:
+                self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_batch(self, events: int, seconds: float) -> None:
         self.batch_events.observe(events)
