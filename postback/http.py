@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import uuid
+import random
+import time
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -23,6 +24,27 @@ def json_response(
     return web.Response(
         body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
     )
+
+
+_second: list[Any] = [None, ""]  # the last second formatted, and its text
+
+
+def utc_now_iso() -> str:
+    """``datetime.now(UTC).isoformat()``, the same text, at a third of its cost (the date
+    and time of day are formatted once per second)."""
+    seconds, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    if seconds != _second[0]:
+        _second[:] = [seconds, datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")]
+    return f"{_second[1]}.{micros:06d}+00:00" if micros else f"{_second[1]}+00:00"
+
+
+def new_request_id() -> str:
+    """A random UUID (version 4) as text, like ``str(uuid.uuid4())`` at a third of its cost:
+    from :mod:`random` (reseeded in forked children), as event ids are; an id must be
+    unique, not unpredictable."""
+    value = random.getrandbits(128) & ~(0xF000 << 64 | 0xC000 << 48)
+    text = f"{value | 0x4000 << 64 | 0x8000 << 48:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def clean(text: str) -> str:
@@ -77,14 +99,14 @@ def partner_params(request: web.Request, body: bytes) -> dict[str, str]:
 def request_record(request: web.Request, endpoint: str, body: bytes) -> dict[str, Any]:
     """What the postback log keeps of a request (the answer is added later)."""
     record: dict[str, Any] = {
-        "request_id": str(uuid.uuid4()),
+        "request_id": new_request_id(),
         "endpoint": endpoint,
         "method": request.method,
         "path": clean(request.path)[:MAX_FIELD],
         "query": clean(request.rel_url.raw_query_string)[:MAX_RECORDED],
         "body": body.decode("utf-8", "replace")[:MAX_RECORDED],
         "ip": source_of(request),
-        "received_at": datetime.now(UTC).isoformat(),
+        "received_at": utc_now_iso(),
     }
     if record["ip"] != request.remote:  # through a trusted proxy: keep who sent it too
         record["peer"] = request.remote
