@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from postback import cli
-from postback.config import Config
+from postback.config import Config, ConfigError
 from tests.postback.servers import one_subscriber, start_server, stop_server
 
 WAIT = 20.0
@@ -101,6 +101,28 @@ async def test_serve_projects_in_a_child_it_restarts_and_stops(tmp_path: Path) -
 
 
 @pytest.mark.slow
+async def test_a_read_hurries_a_child_in_its_live_pause(tmp_path: Path) -> None:
+    """With an hour between the child's live transactions, a read that waits for fresh
+    projections still gets them: the server tells its child to apply now (a ``!`` line)."""
+    server, base = start_server(
+        ["--db", str(tmp_path / "paused.db")], env={"POSTBACK_PROJECTION_INTERVAL": "3600"}
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            auth = await one_subscriber(http, base, "KID")
+            assert await _logged(http, base, auth) == []
+            for goals in (["reg"], ["reg", "dep"], ["reg", "dep", "redep"]):
+                await _postback(http, base, goal=goals[-1], sum="1")
+                started = time.monotonic()
+                # Unhurried, the child would apply in an hour; the listing waits 5 s at most.
+                assert await _logged(http, base, auth) == goals
+                assert time.monotonic() - started < 5.0
+    finally:
+        stop_server(server)
+    assert server.returncode == 0
+
+
+@pytest.mark.slow
 def test_a_killed_server_takes_its_child_with_it(tmp_path: Path) -> None:
     server, _ = start_server(["--db", str(tmp_path / "orphan.db")])
     try:
@@ -132,3 +154,12 @@ def test_serve_projects_in_a_child_unless_told_otherwise(
     assert cli.main(["serve", *db]) == 2
     assert [config.projector for config in seen] == ["process", "inline", "inline", "process"]
     assert Config().projector == "inline"  # the app factory's default: all in one process
+
+
+def test_the_projection_interval_comes_from_the_environment() -> None:
+    assert Config().projection_interval == 0.2
+    assert Config.from_env({"POSTBACK_PROJECTION_INTERVAL": "0"}).projection_interval == 0.0
+    assert Config.from_env({"POSTBACK_PROJECTION_INTERVAL": "1.5"}).projection_interval == 1.5
+    for bad in ("-1", "nan", "soon"):
+        with pytest.raises(ConfigError):
+            Config.from_env({"POSTBACK_PROJECTION_INTERVAL": bad})
