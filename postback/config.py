@@ -35,10 +35,11 @@ class Config:
     # create_app does by default) or "process": a child `postback project` that this
     # process supervises (what `postback serve` does by default; postback/projector.py).
     projector: str = "inline"
-    # Following the log live, the projections apply at most this often (seconds): the
+    # Following a busy log live, the projections apply at most this often (seconds): the
     # events of the pause go in one transaction, which costs a fraction of one per group
     # commit. A reader that waits for its own writes (stats, listings) does not wait for
-    # it (projections/runner.py: urgent wait_until, hurry). 0: apply each as it comes.
+    # it (projections/runner.py: BUSY_BATCH, urgent wait_until, hurry). 0: apply each
+    # group commit as it comes.
     projection_interval: float = 0.2
     # PostgreSQL: how often an instance whose projection runner follows tries to lead.
     leader_retry: float = 2.0

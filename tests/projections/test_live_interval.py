@@ -1,6 +1,7 @@
-"""``live_interval``: once caught up, a runner applies at most that often (what the log
-gains meanwhile goes in one transaction), unless a reader waits for it (an urgent
-``wait_until``, ``hurry``). Both projection databases, as in test_runner.py."""
+"""``live_interval``: following a busy log (transactions of ``BUSY_BATCH`` events or
+more), a runner applies at most that often (what the log gains meanwhile goes in one
+transaction), unless a reader waits for it (an urgent ``wait_until``, ``hurry``). Both
+projection databases, as in test_runner.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from eventstore.sqlite import SQLiteEventStore
-from projections.runner import ProjectionRunner
+from projections.runner import BUSY_BATCH, ProjectionRunner
 from tests.projections.conftest import RunnerFactory
 from tests.projections.helpers import Recording, event, recorded, stored_checkpoints
 
@@ -39,9 +40,9 @@ async def test_events_gather_during_the_pause_into_one_transaction(
     projection = Recording()
     runner = make_runner([projection], live_interval=PAUSE)
     task = await _following(runner)
-    first = await _append(store, 1)
-    # The first event after a quiet moment is applied at once (an urgent wait also
-    # hurries, so wait without urgency to see it).
+    first = await _append(store, BUSY_BATCH)
+    # The first events after a quiet moment are applied at once (an urgent wait also
+    # hurries, so wait without urgency to see it); so many say the log is busy.
     await asyncio.wait_for(runner.wait_until(first, urgent=False), WAIT)
     second = await _append(store, 2)
     third = await _append(store, 3)
@@ -64,7 +65,7 @@ async def test_an_urgent_wait_applies_without_waiting_for_the_pause(
     runner = make_runner([Recording()], live_interval=PAUSE)
     task = await _following(runner)
     for _ in range(3):  # each time in the middle of a pause
-        last = await _append(store, 2)
+        last = await _append(store, BUSY_BATCH)
         await asyncio.wait_for(runner.wait_until(last), WAIT)
         assert runner.lag == 0
     runner.stop()
@@ -76,12 +77,27 @@ async def test_stopping_during_the_pause_applies_what_gathered(
 ) -> None:
     runner = make_runner([Recording()], live_interval=PAUSE)
     task = await _following(runner)
-    first = await _append(store, 1)
+    first = await _append(store, BUSY_BATCH)
     await asyncio.wait_for(runner.wait_until(first), WAIT)
     last = await _append(store, 4)
     runner.stop()
     await asyncio.wait_for(task, WAIT)
     assert await stored_checkpoints(runner) == {"recording": last}
+
+
+async def test_a_quiet_log_is_applied_as_it_comes_despite_the_interval(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    projection = Recording()
+    runner = make_runner([projection], live_interval=PAUSE)
+    task = await _following(runner)
+    for _ in range(3):
+        last = await _append(store, BUSY_BATCH - 1)
+        await asyncio.wait_for(runner.wait_until(last, urgent=False), WAIT)
+    size = BUSY_BATCH - 1
+    assert projection.calls == [list(range(n * size + 1, (n + 1) * size + 1)) for n in range(3)]
+    runner.stop()
+    await task
 
 
 async def test_no_interval_applies_each_append_as_it_comes(
@@ -116,7 +132,7 @@ async def test_a_follower_tells_whoever_applies_when_a_reader_waits(
     leading = await _following(leader)
     following = asyncio.create_task(follower.run())
     try:
-        first = await _append(store, 1)
+        first = await _append(store, BUSY_BATCH)
         await asyncio.wait_for(leader.wait_until(first, urgent=False), WAIT)
         follower.database.note_change()  # what the child's report does
         await asyncio.wait_for(follower.wait_until(first, urgent=False), WAIT)
