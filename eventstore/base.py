@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import enum
 import operator
+import os
 import random
 import time
 import uuid
@@ -52,15 +53,26 @@ NO_STREAM: Final = StreamState.NO_STREAM
 EXISTS: Final = StreamState.EXISTS
 
 
+_ID_BITS = random.Random()  # seeded from os.urandom
+os.register_at_fork(after_in_child=_ID_BITS.seed)  # a forked child must not repeat its parent
+
+
+def id_bits(count: int) -> int:
+    """``count`` random bits for ids, from a generator of this module's own: seeded from
+    ``os.urandom`` (again in a forked child), and out of reach of ``random.seed`` (which
+    test tools such as hypothesis call for each example, and which would make ids repeat).
+    Ids must be unique, not unpredictable; ``os.urandom`` costs a system call each."""
+    return _ID_BITS.getrandbits(count)
+
+
 def new_event_id() -> uuid.UUID:
     """A fresh UUIDv7 (RFC 9562): time-ordered, so the event-id index grows at its end.
 
     Random (v4) ids work too; they only make the unique index slower to insert into.
-    The 74 random bits come from :mod:`random` (reseeded in forked children by Python):
-    ids must be unique, not unpredictable, and ``os.urandom`` costs a system call each.
+    The 74 random bits come from :func:`id_bits`.
     """
     unix_ms = time.time_ns() // 1_000_000
-    rand = random.getrandbits(74)
+    rand = id_bits(74)
     value = (unix_ms & 0xFFFF_FFFF_FFFF) << 80
     value |= 0x7 << 76  # version 7
     value |= ((rand >> 62) & 0xFFF) << 64  # rand_a, 12 bits

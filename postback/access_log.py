@@ -7,12 +7,16 @@ module, one write and one flush for 10 to 30 requests under load, instead of one
 (which cost about a tenth of the serving process's time per postback). Nothing waits for
 a timer: the turn ends within milliseconds, before the loop reads new requests. Outside a
 running loop a line is logged at once.
+
+So a record of this logger may hold several lines (a logging filter or formatter sees
+them together); each line is still one request's JSON object.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 import orjson
 from aiohttp.abc import AbstractAccessLogger
@@ -24,22 +28,27 @@ from postback.proxies import source_of
 class _Turn:
     """The lines logged during the current turn of a loop, written at its end."""
 
-    __slots__ = ("lines", "logger", "loop")
+    __slots__ = ("lines", "lock", "logger", "loop")
 
     def __init__(self, logger: logging.Logger) -> None:
         self.logger = logger
         self.lines: list[bytes] = []
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.lock = threading.Lock()  # loops in several threads may share a logger
 
     def add(self, loop: asyncio.AbstractEventLoop, line: bytes) -> None:
-        if not self.lines or loop is not self.loop:  # (a loop that ended left its lines)
-            loop.call_soon(self.write)
-            self.loop = loop
-        self.lines.append(line)
+        with self.lock:
+            # A loop that stopped before the end of its turn left its lines: this one
+            # writes them too.
+            if not self.lines or loop is not self.loop:
+                loop.call_soon(self.write)
+                self.loop = loop
+            self.lines.append(line)
 
     def write(self) -> None:
-        if self.lines:
+        with self.lock:
             lines, self.lines = self.lines, []
+        if lines:
             self.logger.info(b"\n".join(lines).decode())
 
 

@@ -48,6 +48,7 @@ _RESTART_FIRST = 1.0
 _RESTART_MAX = 30.0
 _STABLE_AFTER = 60.0  # a child that ran this long resets the restart delay
 _LINE_LIMIT = 2**20  # bytes in one line from the child (its metrics are a few kB)
+_HURRY_BUFFER_LIMIT = 2**16  # bytes waiting for the child beyond which no "!" is added
 _SILENCE_LIMIT = 30.0
 """A child says where it is at least every second once it runs; one silent for this long
 (hung: stopped, deadlocked) is killed and started again."""
@@ -113,7 +114,10 @@ class ChildProjector:
     def hurry(self) -> None:
         """Tell the child a reader waits for the projections: apply now, without pausing."""
         process = self._process
-        if process is not None and process.stdin is not None and not process.stdin.is_closing():
+        if process is None or process.stdin is None or process.stdin.is_closing():
+            return
+        # A child that reads nothing (hung, about to be killed) must not fill memory.
+        if process.stdin.transport.get_write_buffer_size() < _HURRY_BUFFER_LIMIT:
             process.stdin.write(b"!\n")
 
     async def run(self) -> None:

@@ -179,7 +179,7 @@ class ProjectionRunner:
         self._follow_only = follow_only
         self._live_interval = live_interval
         self._hurry = asyncio.Event()
-        self._urgent_waiters = 0
+        self._urgent_targets: dict[int, int] = {}  # position -> urgent waiters for it
         self.on_behind: Callable[[], None] | None = None
         """Called when an urgent :meth:`wait_until` has to wait: where the log is applied
         elsewhere (``follow_only``), the way to make that runner :meth:`hurry`."""
@@ -377,7 +377,9 @@ class ProjectionRunner:
 
     async def _pause(self) -> None:
         """Up to ``live_interval`` after a busy transaction, unless hurried or stopped."""
-        if self._live_interval > 0 and not self._urgent_waiters:
+        position = self.position
+        behind = any(target > position for target in self._urgent_targets)
+        if self._live_interval > 0 and not behind:
             with contextlib.suppress(TimeoutError):
                 await self._until_stopped(asyncio.wait_for(self._hurry.wait(), self._live_interval))
 
@@ -394,8 +396,9 @@ class ProjectionRunner:
             self._head = max(self._head, reached)
 
     def stop(self) -> None:
-        """Ask :meth:`run` to return: after the transaction in progress, if any, or, if it
-        was following the log live, after one more batch of what the log holds."""
+        """Ask :meth:`run` to return: after the transaction in progress, if any; a runner
+        that applies, caught up and following the log, first applies one more batch of
+        what the log holds (what gathered during its pause)."""
         self._stop.set()
 
     async def wait_until(self, position: int, *, urgent: bool = True) -> None:
@@ -413,12 +416,18 @@ class ProjectionRunner:
         """
         if self.position >= position:
             return
-        if urgent:
-            self._urgent_waiters += 1
-            self.hurry()
-            if self.on_behind is not None:
-                self.on_behind()
+        targets = self._urgent_targets
         try:
+            if urgent:
+                # Counted by position: once the runner is there, it may pause again even
+                # before this task has resumed.
+                targets[position] = targets.get(position, 0) + 1
+                self.hurry()
+                if self.on_behind is not None:
+                    try:
+                        self.on_behind()
+                    except Exception:  # the reader then waits for the pause to end
+                        log.exception("projections: telling the applying runner to hurry")
             while self.position < position:
                 if self._closed or self._failure is not None:
                     raise ProjectionStoppedError(
@@ -427,7 +436,10 @@ class ProjectionRunner:
                 await self._advanced.wait()
         finally:
             if urgent:
-                self._urgent_waiters -= 1
+                if targets[position] > 1:
+                    targets[position] -= 1
+                else:
+                    del targets[position]
 
     async def rebuild(self, names: Sequence[str] | None = None) -> int:
         """Reset the projections named (all by default) and apply the log again from 0.

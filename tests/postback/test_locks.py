@@ -73,3 +73,60 @@ async def test_an_error_inside_releases_the_key() -> None:
     assert len(locks) == 0
     async with locks.hold("k"):
         pass
+
+
+async def test_a_cancelled_holder_hands_the_key_on() -> None:
+    locks = KeyedLocks()
+    holding = asyncio.Event()
+    got: list[str] = []
+
+    async def holder() -> None:
+        async with locks.hold("k"):
+            holding.set()
+            await asyncio.Event().wait()  # until cancelled
+
+    async def waiter(name: str) -> None:
+        async with locks.hold("k"):
+            got.append(name)
+
+    first = asyncio.create_task(holder())
+    await holding.wait()
+    second = asyncio.create_task(waiter("second"))
+    await asyncio.sleep(0)  # it waits behind the holder
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await second
+    assert got == ["second"]
+    assert len(locks) == 0
+
+
+async def test_a_waiter_cancelled_as_the_key_is_handed_to_it_passes_it_on() -> None:
+    locks = KeyedLocks()
+    release = asyncio.Event()
+    holding = asyncio.Event()
+    got: list[str] = []
+
+    async def holder() -> None:
+        async with locks.hold("k"):
+            holding.set()
+            await release.wait()
+
+    async def waiter(name: str) -> None:
+        async with locks.hold("k"):
+            got.append(name)
+
+    first = asyncio.create_task(holder())
+    await holding.wait()
+    handed = asyncio.create_task(waiter("handed"))
+    third = asyncio.create_task(waiter("third"))
+    await asyncio.sleep(0)  # both wait, in order
+    release.set()
+    await asyncio.sleep(0)  # the holder leaves: the key is handed to the first waiter...
+    handed.cancel()  # ...which is cancelled before it runs
+    await first
+    with pytest.raises(asyncio.CancelledError):
+        await handed
+    await third
+    assert got == ["third"]
+    assert len(locks) == 0

@@ -34,16 +34,22 @@ async def _following(runner: ProjectionRunner) -> asyncio.Task[None]:
     return task
 
 
+async def _paused(store: SQLiteEventStore, runner: ProjectionRunner) -> int:
+    """Make ``runner`` pause: a busy transaction (``BUSY_BATCH`` events, applied at once
+    after a quiet moment), waited for without urgency (an urgent wait would hurry it).
+    The runner is in its pause before this returns. Returns the position reached."""
+    last = await _append(store, BUSY_BATCH)
+    await asyncio.wait_for(runner.wait_until(last, urgent=False), WAIT)
+    return last
+
+
 async def test_events_gather_during_the_pause_into_one_transaction(
     store: SQLiteEventStore, make_runner: RunnerFactory
 ) -> None:
     projection = Recording()
     runner = make_runner([projection], live_interval=PAUSE)
     task = await _following(runner)
-    first = await _append(store, BUSY_BATCH)
-    # The first events after a quiet moment are applied at once (an urgent wait also
-    # hurries, so wait without urgency to see it); so many say the log is busy.
-    await asyncio.wait_for(runner.wait_until(first, urgent=False), WAIT)
+    first = await _paused(store, runner)
     second = await _append(store, 2)
     third = await _append(store, 3)
     gathered = asyncio.create_task(runner.wait_until(third, urgent=False))
@@ -64,10 +70,28 @@ async def test_an_urgent_wait_applies_without_waiting_for_the_pause(
 ) -> None:
     runner = make_runner([Recording()], live_interval=PAUSE)
     task = await _following(runner)
-    for _ in range(3):  # each time in the middle of a pause
-        last = await _append(store, BUSY_BATCH)
+    for _ in range(3):
+        await _paused(store, runner)
+        last = await _append(store, 2)
         await asyncio.wait_for(runner.wait_until(last), WAIT)
         assert runner.lag == 0
+    runner.stop()
+    await task
+
+
+async def test_no_pause_while_an_urgent_reader_waits_for_more(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    """A reader waiting urgently for a position the log has not reached yet: the busy
+    transactions on the way there are not followed by a pause."""
+    runner = make_runner([Recording()], live_interval=PAUSE)
+    task = await _following(runner)
+    first = await _paused(store, runner)
+    waiting = asyncio.create_task(runner.wait_until(first + 2 * BUSY_BATCH))
+    await asyncio.sleep(0)  # it starts: the pause ends
+    await _append(store, BUSY_BATCH)
+    await _append(store, BUSY_BATCH)
+    await asyncio.wait_for(waiting, WAIT)
     runner.stop()
     await task
 
@@ -77,8 +101,7 @@ async def test_stopping_during_the_pause_applies_what_gathered(
 ) -> None:
     runner = make_runner([Recording()], live_interval=PAUSE)
     task = await _following(runner)
-    first = await _append(store, BUSY_BATCH)
-    await asyncio.wait_for(runner.wait_until(first), WAIT)
+    await _paused(store, runner)
     last = await _append(store, 4)
     runner.stop()
     await asyncio.wait_for(task, WAIT)
@@ -132,8 +155,7 @@ async def test_a_follower_tells_whoever_applies_when_a_reader_waits(
     leading = await _following(leader)
     following = asyncio.create_task(follower.run())
     try:
-        first = await _append(store, BUSY_BATCH)
-        await asyncio.wait_for(leader.wait_until(first, urgent=False), WAIT)
+        first = await _paused(store, leader)
         follower.database.note_change()  # what the child's report does
         await asyncio.wait_for(follower.wait_until(first, urgent=False), WAIT)
         assert told == []  # not urgent: nobody was told
