@@ -24,12 +24,13 @@ of their own beside the log, or ``database=PostgresProjectionDatabase(dsn)``.
   often: the events that arrive meanwhile go in one transaction, which writes each page
   they touch once instead of once per group commit (the cost of a live projection is
   mostly those pages). The pause follows a transaction of at least :data:`BUSY_BATCH`
-  events; a quieter log's events are applied as they come (the outbox sends a Contact
-  within milliseconds), and so is the first event after a quiet moment. A reader that
-  must see the newest events (:meth:`~ProjectionRunner.wait_until`, ``urgent`` by
-  default) or :meth:`~ProjectionRunner.hurry` cuts the pause short; catching up never
-  pauses; a runner stopped while following applies what the log holds (one batch)
-  before it returns.
+  events that came while the runner was not pausing (what gathers during a pause says
+  nothing of the load); a quieter log's events are applied as they come (the outbox
+  sends a Contact within milliseconds), and so is the first event after a quiet moment.
+  A reader that must see events not applied yet (:meth:`~ProjectionRunner.wait_until`,
+  ``urgent`` by default) or :meth:`~ProjectionRunner.hurry` cuts the pause short;
+  catching up never pauses; a runner stopped while following applies what the log holds
+  (one batch) before it returns.
 * A runner made with ``follow_only=True`` never applies in :meth:`~ProjectionRunner.run`,
   on either backend: it only follows the checkpoints that another process commits (the
   ``postback serve`` whose projections run in a child ``postback project``), so that
@@ -63,9 +64,10 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 BUSY_BATCH = 10
-"""A live transaction of this many events or more says the log is busy: with a
-``live_interval``, the runner pauses after it. Under ``bench/load.py``'s 5,000 postbacks/s
-each group commit holds about 25 events; at a few hundred events per second, one or two."""
+"""A live transaction of this many events or more, that came while the runner was not
+pausing, says the log is busy: with a ``live_interval``, the runner pauses after it. Under
+``bench/load.py``'s 5,000 postbacks/s about 25 events come while a transaction applies;
+at a few hundred events per second, one or two."""
 
 _RETRY_FIRST = 0.1
 _RETRY_MAX = 5.0
@@ -178,7 +180,8 @@ class ProjectionRunner:
         self._idle_timeout = idle_timeout
         self._follow_only = follow_only
         self._live_interval = live_interval
-        self._hurry = asyncio.Event()
+        self._hurried = False  # hurry() since the last read of the log
+        self._wake = asyncio.Event()  # the pause has something to look at again
         self._urgent_targets: dict[int, int] = {}  # position -> urgent waiters for it
         self.on_behind: Callable[[], None] | None = None
         """Called when an urgent :meth:`wait_until` has to wait: where the log is applied
@@ -306,6 +309,7 @@ class ProjectionRunner:
         self._failure = None
         delay = _RETRY_FIRST
         led = False
+        paused = False  # whether the last transaction's events gathered during a pause
         try:
             while not self._stop.is_set():
                 try:
@@ -315,12 +319,17 @@ class ProjectionRunner:
                             self._advance(await database.read(checkpoints.read_checkpoints))
                             led = True
                         before = self.position
-                        self._hurry.clear()  # what it asked for is in the log read next
+                        self._hurried = False  # what it asked for is in the log read next
                         position = await self._catch_up(stoppable=True)
                         if self._stop.is_set():
                             break
-                        if position - before >= BUSY_BATCH:
+                        # Busy: many events came since the last look. Not when they came
+                        # during a pause: that would keep a quiet log pausing for good.
+                        if position - before >= BUSY_BATCH and not paused:
                             await self._pause()
+                            paused = True
+                        else:
+                            paused = False
                         if not self._stop.is_set():
                             await self._wait_for_log(position)
                         if self._stop.is_set():  # apply what came meanwhile, then return
@@ -376,17 +385,28 @@ class ProjectionRunner:
         return None
 
     async def _pause(self) -> None:
-        """Up to ``live_interval`` after a busy transaction, unless hurried or stopped."""
-        position = self.position
-        behind = any(target > position for target in self._urgent_targets)
-        if self._live_interval > 0 and not behind:
+        """Up to ``live_interval`` after a busy transaction, unless stopped, hurried, or an
+        urgent reader waits for a position not applied yet. An urgent reader served by
+        the transaction just committed does not shorten it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._live_interval
+        while not self._stop.is_set():
+            position = self.position
+            if self._hurried or any(target > position for target in self._urgent_targets):
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await self._until_stopped(asyncio.wait_for(self._hurry.wait(), self._live_interval))
+                await self._until_stopped(asyncio.wait_for(self._wake.wait(), remaining))
 
     def hurry(self) -> None:
         """Apply what the log holds now, without the rest of the ``live_interval`` pause
-        (someone waits for it). Also what an urgent :meth:`wait_until` does."""
-        self._hurry.set()
+        (someone waits for it, and cannot say up to where: serve's reads, through its
+        child's stdin)."""
+        self._hurried = True
+        self._wake.set()
 
     async def _wait_for_log(self, position: int) -> None:
         reached = await self._until_stopped(
@@ -422,7 +442,7 @@ class ProjectionRunner:
                 # Counted by position: once the runner is there, it may pause again even
                 # before this task has resumed.
                 targets[position] = targets.get(position, 0) + 1
-                self.hurry()
+                self._wake.set()
                 if self.on_behind is not None:
                     try:
                         self.on_behind()

@@ -36,11 +36,21 @@ async def _following(runner: ProjectionRunner) -> asyncio.Task[None]:
 
 async def _paused(store: SQLiteEventStore, runner: ProjectionRunner) -> int:
     """Make ``runner`` pause: a busy transaction (``BUSY_BATCH`` events, applied at once
-    after a quiet moment), waited for without urgency (an urgent wait would hurry it).
-    The runner is in its pause before this returns. Returns the position reached."""
+    after a quiet moment, the runner's last transaction not after a pause), waited for
+    without urgency (an urgent wait for it would not end a pause, but would cut one short
+    while it waited). The runner is in its pause before this returns. Returns the
+    position reached."""
     last = await _append(store, BUSY_BATCH)
     await asyncio.wait_for(runner.wait_until(last, urgent=False), WAIT)
     return last
+
+
+async def _not_applied(runner: ProjectionRunner, position: int) -> bool:
+    """Whether ``runner`` (pausing) has still not applied ``position`` after a while."""
+    waiting = asyncio.create_task(runner.wait_until(position, urgent=False))
+    done, _ = await asyncio.wait({waiting}, timeout=STILL)
+    waiting.cancel()
+    return not done
 
 
 async def test_events_gather_during_the_pause_into_one_transaction(
@@ -52,10 +62,9 @@ async def test_events_gather_during_the_pause_into_one_transaction(
     first = await _paused(store, runner)
     second = await _append(store, 2)
     third = await _append(store, 3)
-    gathered = asyncio.create_task(runner.wait_until(third, urgent=False))
-    done, _ = await asyncio.wait({gathered}, timeout=STILL)
-    assert not done  # pausing: nothing applied, though the log grew twice
+    assert await _not_applied(runner, third)  # pausing, though the log grew twice
     assert runner.position == first
+    gathered = asyncio.create_task(runner.wait_until(third, urgent=False))
     runner.hurry()
     await asyncio.wait_for(gathered, WAIT)
     assert projection.calls[-1] == list(range(first + 1, third + 1))  # one transaction
@@ -87,11 +96,51 @@ async def test_no_pause_while_an_urgent_reader_waits_for_more(
     runner = make_runner([Recording()], live_interval=PAUSE)
     task = await _following(runner)
     first = await _paused(store, runner)
-    waiting = asyncio.create_task(runner.wait_until(first + 2 * BUSY_BATCH))
+    waiting = asyncio.create_task(runner.wait_until(first + 3 * BUSY_BATCH))
     await asyncio.sleep(0)  # it starts: the pause ends
-    await _append(store, BUSY_BATCH)
+    for _ in range(2):  # after a pause, then busy: each applied in a transaction of its own
+        middle = await _append(store, BUSY_BATCH)
+        await asyncio.wait_for(runner.wait_until(middle, urgent=False), WAIT)
     await _append(store, BUSY_BATCH)
     await asyncio.wait_for(waiting, WAIT)
+    runner.stop()
+    await task
+
+
+async def test_a_quiet_log_after_a_busy_moment_is_applied_as_it_comes_again(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    """What gathered during a pause, however much, does not make the runner pause again:
+    else a log of a few events per second would stay in pauses for good after one burst."""
+    runner = make_runner([Recording()], live_interval=PAUSE)
+    task = await _following(runner)
+    await _paused(store, runner)
+    gathered = await _append(store, BUSY_BATCH)
+    runner.hurry()  # as if the pause had ended
+    await asyncio.wait_for(runner.wait_until(gathered, urgent=False), WAIT)
+    for _ in range(3):
+        last = await _append(store, 1)
+        await asyncio.wait_for(runner.wait_until(last, urgent=False), WAIT)
+    runner.stop()
+    await task
+
+
+async def test_urgent_waits_served_or_given_up_leave_the_pause_alone(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    """A reader who is served, or gives up, no longer keeps the runner from pausing."""
+    runner = make_runner([Recording()], live_interval=PAUSE)
+    task = await _following(runner)
+    first = await _paused(store, runner)
+    never = asyncio.create_task(runner.wait_until(first + 1_000))  # beyond the log
+    await asyncio.sleep(0)
+    never.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await never
+    served = await _append(store, 1)
+    await asyncio.wait_for(runner.wait_until(served), WAIT)  # urgent, and served
+    await _paused(store, runner)
+    assert await _not_applied(runner, await _append(store, 2))  # it pauses again
     runner.stop()
     await task
 
