@@ -105,20 +105,21 @@ class ChildProjector:
 
     def log_grew(self) -> None:
         """Tell the child the log has new events (called after each group commit)."""
-        process = self._process
-        if process is None or process.stdin is None or process.stdin.is_closing():
-            return
-        if process.stdin.transport.get_write_buffer_size() == 0:  # else one is on its way
-            process.stdin.write(b"\n")
+        self._tell(b"\n", unless_waiting=1)  # one on its way says it already
 
     def hurry(self) -> None:
         """Tell the child a reader waits for the projections: apply now, without pausing."""
+        # A child that reads nothing (hung, about to be killed) must not fill memory.
+        self._tell(b"!\n", unless_waiting=_HURRY_BUFFER_LIMIT)
+
+    def _tell(self, line: bytes, *, unless_waiting: int) -> None:
+        """Write ``line`` to the running child's stdin, unless ``unless_waiting`` bytes or
+        more are still waiting there to be read."""
         process = self._process
         if process is None or process.stdin is None or process.stdin.is_closing():
             return
-        # A child that reads nothing (hung, about to be killed) must not fill memory.
-        if process.stdin.transport.get_write_buffer_size() < _HURRY_BUFFER_LIMIT:
-            process.stdin.write(b"!\n")
+        if process.stdin.transport.get_write_buffer_size() < unless_waiting:
+            process.stdin.write(line)
 
     async def run(self) -> None:
         """Start the child, and again whenever it dies or hangs, until :meth:`close`."""

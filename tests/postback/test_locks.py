@@ -75,23 +75,26 @@ async def test_an_error_inside_releases_the_key() -> None:
         pass
 
 
+async def _hold(locks: KeyedLocks, holding: asyncio.Event, release: asyncio.Event) -> None:
+    """Hold key "k": say so with ``holding``, leave when ``release`` is set."""
+    async with locks.hold("k"):
+        holding.set()
+        await release.wait()
+
+
+async def _take(locks: KeyedLocks, got: list[str], name: str) -> None:
+    """Take key "k" and note ``name`` in ``got`` while holding it."""
+    async with locks.hold("k"):
+        got.append(name)
+
+
 async def test_a_cancelled_holder_hands_the_key_on() -> None:
     locks = KeyedLocks()
     holding = asyncio.Event()
     got: list[str] = []
-
-    async def holder() -> None:
-        async with locks.hold("k"):
-            holding.set()
-            await asyncio.Event().wait()  # until cancelled
-
-    async def waiter(name: str) -> None:
-        async with locks.hold("k"):
-            got.append(name)
-
-    first = asyncio.create_task(holder())
+    first = asyncio.create_task(_hold(locks, holding, asyncio.Event()))  # until cancelled
     await holding.wait()
-    second = asyncio.create_task(waiter("second"))
+    second = asyncio.create_task(_take(locks, got, "second"))
     await asyncio.sleep(0)  # it waits behind the holder
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -106,20 +109,10 @@ async def test_a_waiter_cancelled_as_the_key_is_handed_to_it_passes_it_on() -> N
     release = asyncio.Event()
     holding = asyncio.Event()
     got: list[str] = []
-
-    async def holder() -> None:
-        async with locks.hold("k"):
-            holding.set()
-            await release.wait()
-
-    async def waiter(name: str) -> None:
-        async with locks.hold("k"):
-            got.append(name)
-
-    first = asyncio.create_task(holder())
+    first = asyncio.create_task(_hold(locks, holding, release))
     await holding.wait()
-    handed = asyncio.create_task(waiter("handed"))
-    third = asyncio.create_task(waiter("third"))
+    handed = asyncio.create_task(_take(locks, got, "handed"))
+    third = asyncio.create_task(_take(locks, got, "third"))
     await asyncio.sleep(0)  # both wait, in order
     release.set()
     await asyncio.sleep(0)  # the holder leaves: the key is handed to the first waiter...

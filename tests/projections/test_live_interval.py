@@ -6,6 +6,8 @@ projection databases, as in test_runner.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,11 +29,17 @@ async def _append(store: SQLiteEventStore, count: int) -> int:
     return result.last_position
 
 
-async def _following(runner: ProjectionRunner) -> asyncio.Task[None]:
-    """``runner.run()`` in a task, once it has caught up with the (empty) log."""
+@contextlib.asynccontextmanager
+async def _following(runner: ProjectionRunner) -> AsyncIterator[asyncio.Task[None]]:
+    """``runner.run()`` in a task, once it has caught up with the (empty) log; stopped
+    and waited for on leaving."""
     task = asyncio.create_task(runner.run())
     await asyncio.wait_for(runner.wait_until(0), WAIT)
-    return task
+    try:
+        yield task
+    finally:
+        runner.stop()
+        await asyncio.wait_for(task, WAIT)
 
 
 async def _paused(store: SQLiteEventStore, runner: ProjectionRunner) -> int:
@@ -58,34 +66,30 @@ async def test_events_gather_during_the_pause_into_one_transaction(
 ) -> None:
     projection = Recording()
     runner = make_runner([projection], live_interval=PAUSE)
-    task = await _following(runner)
-    first = await _paused(store, runner)
-    second = await _append(store, 2)
-    third = await _append(store, 3)
-    assert await _not_applied(runner, third)  # pausing, though the log grew twice
-    assert runner.position == first
-    gathered = asyncio.create_task(runner.wait_until(third, urgent=False))
-    runner.hurry()
-    await asyncio.wait_for(gathered, WAIT)
-    assert projection.calls[-1] == list(range(first + 1, third + 1))  # one transaction
-    assert second < third
-    assert [row[0] for row in await recorded(runner)] == list(range(1, third + 1))
-    runner.stop()
-    await task
+    async with _following(runner):
+        first = await _paused(store, runner)
+        second = await _append(store, 2)
+        third = await _append(store, 3)
+        assert await _not_applied(runner, third)  # pausing, though the log grew twice
+        assert runner.position == first
+        gathered = asyncio.create_task(runner.wait_until(third, urgent=False))
+        runner.hurry()
+        await asyncio.wait_for(gathered, WAIT)
+        assert projection.calls[-1] == list(range(first + 1, third + 1))  # one transaction
+        assert second < third
+        assert [row[0] for row in await recorded(runner)] == list(range(1, third + 1))
 
 
 async def test_an_urgent_wait_applies_without_waiting_for_the_pause(
     store: SQLiteEventStore, make_runner: RunnerFactory
 ) -> None:
     runner = make_runner([Recording()], live_interval=PAUSE)
-    task = await _following(runner)
-    for _ in range(3):
-        await _paused(store, runner)
-        last = await _append(store, 2)
-        await asyncio.wait_for(runner.wait_until(last), WAIT)
-        assert runner.lag == 0
-    runner.stop()
-    await task
+    async with _following(runner):
+        for _ in range(3):
+            await _paused(store, runner)
+            last = await _append(store, 2)
+            await asyncio.wait_for(runner.wait_until(last), WAIT)
+            assert runner.lag == 0
 
 
 async def test_no_pause_while_an_urgent_reader_waits_for_more(
@@ -94,17 +98,15 @@ async def test_no_pause_while_an_urgent_reader_waits_for_more(
     """A reader waiting urgently for a position the log has not reached yet: the busy
     transactions on the way there are not followed by a pause."""
     runner = make_runner([Recording()], live_interval=PAUSE)
-    task = await _following(runner)
-    first = await _paused(store, runner)
-    waiting = asyncio.create_task(runner.wait_until(first + 3 * BUSY_BATCH))
-    await asyncio.sleep(0)  # it starts: the pause ends
-    for _ in range(2):  # after a pause, then busy: each applied in a transaction of its own
-        middle = await _append(store, BUSY_BATCH)
-        await asyncio.wait_for(runner.wait_until(middle, urgent=False), WAIT)
-    await _append(store, BUSY_BATCH)
-    await asyncio.wait_for(waiting, WAIT)
-    runner.stop()
-    await task
+    async with _following(runner):
+        first = await _paused(store, runner)
+        waiting = asyncio.create_task(runner.wait_until(first + 3 * BUSY_BATCH))
+        await asyncio.sleep(0)  # it starts: the pause ends
+        for _ in range(2):  # after a pause, then busy: each applied in a transaction of its own
+            middle = await _append(store, BUSY_BATCH)
+            await asyncio.wait_for(runner.wait_until(middle, urgent=False), WAIT)
+        await _append(store, BUSY_BATCH)
+        await asyncio.wait_for(waiting, WAIT)
 
 
 async def test_a_quiet_log_after_a_busy_moment_is_applied_as_it_comes_again(
@@ -113,16 +115,14 @@ async def test_a_quiet_log_after_a_busy_moment_is_applied_as_it_comes_again(
     """What gathered during a pause, however much, does not make the runner pause again:
     else a log of a few events per second would stay in pauses for good after one burst."""
     runner = make_runner([Recording()], live_interval=PAUSE)
-    task = await _following(runner)
-    await _paused(store, runner)
-    gathered = await _append(store, BUSY_BATCH)
-    runner.hurry()  # as if the pause had ended
-    await asyncio.wait_for(runner.wait_until(gathered, urgent=False), WAIT)
-    for _ in range(3):
-        last = await _append(store, 1)
-        await asyncio.wait_for(runner.wait_until(last, urgent=False), WAIT)
-    runner.stop()
-    await task
+    async with _following(runner):
+        await _paused(store, runner)
+        gathered = await _append(store, BUSY_BATCH)
+        runner.hurry()  # as if the pause had ended
+        await asyncio.wait_for(runner.wait_until(gathered, urgent=False), WAIT)
+        for _ in range(3):
+            last = await _append(store, 1)
+            await asyncio.wait_for(runner.wait_until(last, urgent=False), WAIT)
 
 
 async def test_urgent_waits_served_or_given_up_leave_the_pause_alone(
@@ -130,30 +130,28 @@ async def test_urgent_waits_served_or_given_up_leave_the_pause_alone(
 ) -> None:
     """A reader who is served, or gives up, no longer keeps the runner from pausing."""
     runner = make_runner([Recording()], live_interval=PAUSE)
-    task = await _following(runner)
-    first = await _paused(store, runner)
-    never = asyncio.create_task(runner.wait_until(first + 1_000))  # beyond the log
-    await asyncio.sleep(0)
-    never.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await never
-    served = await _append(store, 1)
-    await asyncio.wait_for(runner.wait_until(served), WAIT)  # urgent, and served
-    await _paused(store, runner)
-    assert await _not_applied(runner, await _append(store, 2))  # it pauses again
-    runner.stop()
-    await task
+    async with _following(runner):
+        first = await _paused(store, runner)
+        never = asyncio.create_task(runner.wait_until(first + 1_000))  # beyond the log
+        await asyncio.sleep(0)
+        never.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await never
+        served = await _append(store, 1)
+        await asyncio.wait_for(runner.wait_until(served), WAIT)  # urgent, and served
+        await _paused(store, runner)
+        assert await _not_applied(runner, await _append(store, 2))  # it pauses again
 
 
 async def test_stopping_during_the_pause_applies_what_gathered(
     store: SQLiteEventStore, make_runner: RunnerFactory
 ) -> None:
     runner = make_runner([Recording()], live_interval=PAUSE)
-    task = await _following(runner)
-    await _paused(store, runner)
-    last = await _append(store, 4)
-    runner.stop()
-    await asyncio.wait_for(task, WAIT)
+    async with _following(runner) as task:
+        await _paused(store, runner)
+        last = await _append(store, 4)
+        runner.stop()
+        await asyncio.wait_for(task, WAIT)
     assert await stored_checkpoints(runner) == {"recording": last}
 
 
@@ -162,14 +160,12 @@ async def test_a_quiet_log_is_applied_as_it_comes_despite_the_interval(
 ) -> None:
     projection = Recording()
     runner = make_runner([projection], live_interval=PAUSE)
-    task = await _following(runner)
-    for _ in range(3):
-        last = await _append(store, BUSY_BATCH - 1)
-        await asyncio.wait_for(runner.wait_until(last, urgent=False), WAIT)
+    async with _following(runner):
+        for _ in range(3):
+            last = await _append(store, BUSY_BATCH - 1)
+            await asyncio.wait_for(runner.wait_until(last, urgent=False), WAIT)
     size = BUSY_BATCH - 1
     assert projection.calls == [list(range(n * size + 1, (n + 1) * size + 1)) for n in range(3)]
-    runner.stop()
-    await task
 
 
 async def test_no_interval_applies_each_append_as_it_comes(
@@ -177,13 +173,11 @@ async def test_no_interval_applies_each_append_as_it_comes(
 ) -> None:
     projection = Recording()
     runner = make_runner([projection])
-    task = await _following(runner)
-    for _ in range(3):
-        last = await _append(store, 2)
-        await asyncio.wait_for(runner.wait_until(last, urgent=False), WAIT)
-    assert projection.calls[-3:] == [[1, 2], [3, 4], [5, 6]]
-    runner.stop()
-    await task
+    async with _following(runner):
+        for _ in range(3):
+            last = await _append(store, 2)
+            await asyncio.wait_for(runner.wait_until(last, urgent=False), WAIT)
+        assert projection.calls[-3:] == [[1, 2], [3, 4], [5, 6]]
 
 
 async def test_a_follower_tells_whoever_applies_when_a_reader_waits(
@@ -201,26 +195,25 @@ async def test_a_follower_tells_whoever_applies_when_a_reader_waits(
         leader.hurry()
 
     follower.on_behind = behind
-    leading = await _following(leader)
-    following = asyncio.create_task(follower.run())
     try:
-        first = await _paused(store, leader)
-        follower.database.note_change()  # what the child's report does
-        await asyncio.wait_for(follower.wait_until(first, urgent=False), WAIT)
-        assert told == []  # not urgent: nobody was told
+        async with _following(leader):
+            following = asyncio.create_task(follower.run())
+            first = await _paused(store, leader)
+            follower.database.note_change()  # what the child's report does
+            await asyncio.wait_for(follower.wait_until(first, urgent=False), WAIT)
+            assert told == []  # not urgent: nobody was told
 
-        last = await _append(store, 2)
-        waiting = asyncio.create_task(follower.wait_until(last))
-        await asyncio.wait_for(leader.wait_until(last, urgent=False), WAIT)
-        follower.database.note_change()
-        await asyncio.wait_for(waiting, WAIT)
-        assert told == [first]
-        await follower.wait_until(last)  # already there: nobody is told
-        assert told == [first]
+            last = await _append(store, 2)
+            waiting = asyncio.create_task(follower.wait_until(last))
+            await asyncio.wait_for(leader.wait_until(last, urgent=False), WAIT)
+            follower.database.note_change()
+            await asyncio.wait_for(waiting, WAIT)
+            assert told == [first]
+            await follower.wait_until(last)  # already there: nobody is told
+            assert told == [first]
     finally:
         await follower.close()
         await leader.close()
-    await leading
     await following
 
 
