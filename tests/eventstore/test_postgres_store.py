@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import string
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -174,7 +176,15 @@ async def listener_pids(admin: Any, channel: str) -> set[int]:
     return {row[0] for row in rows}
 
 
-async def test_a_lost_listener_reconnects(pg_schema: str) -> None:
+Listeners = Callable[[], Awaitable[set[int]]]
+
+
+@contextlib.asynccontextmanager
+async def watched(
+    pg_schema: str,
+) -> AsyncIterator[tuple[PostgresEventStore, PostgresEventStore, Any, Listeners]]:
+    """Two stores on ``pg_schema`` (one to wait, one to write), an admin connection, and
+    how to read the backends of their two listening connections (checked: two)."""
     async with (
         await open_store(pg_schema) as watcher,
         await open_store(pg_schema) as writer,
@@ -184,8 +194,13 @@ async def test_a_lost_listener_reconnects(pg_schema: str) -> None:
         async def listeners() -> set[int]:
             return await listener_pids(admin, watcher.channel)
 
+        assert len(await listeners()) == 2  # one per store
+        yield watcher, writer, admin, listeners
+
+
+async def test_a_lost_listener_reconnects(pg_schema: str) -> None:
+    async with watched(pg_schema) as (watcher, writer, admin, listeners):
         before = await listeners()
-        assert len(before) == 2  # one per store
         await admin.execute(
             "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", list(before)
         )
@@ -210,17 +225,8 @@ async def test_an_unanswered_probe_replaces_the_listening_connection(
     probe: the listener takes a new one, and waiters are woken again."""
     monkeypatch.setattr(postgres_listen, "PROBE_INTERVAL", 0.05)
     monkeypatch.setattr(postgres_listen, "PROBE_TIMEOUT", 0.2)
-    async with (
-        await open_store(pg_schema) as watcher,
-        await open_store(pg_schema) as writer,
-        raw_connection(pg_schema) as admin,
-    ):
-
-        async def listeners() -> set[int]:
-            return await listener_pids(admin, watcher.channel)
-
+    async with watched(pg_schema) as (watcher, writer, _admin, listeners):
         before = await listeners()
-        assert len(before) == 2
         # As good as silent: the probes' reads of the head wait behind this lock (taken
         # on a connection of its own: pg_stat_activity holds still within a transaction).
         async with raw_connection(pg_schema) as locker:
