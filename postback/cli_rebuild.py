@@ -319,7 +319,7 @@ async def _rebuild_shadow(
                 if tables[0]:
                     print("postback: --shadow needs an empty schema", file=sys.stderr)
                     return 2
-            position = await runner.rebuild()
+            position = await runner.rebuild(one_pass=True)
         finally:
             await runner.close()
         print(position, flush=True)

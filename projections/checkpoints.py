@@ -8,7 +8,7 @@ is the latest, whoever committed it (another runner, another instance).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
@@ -64,14 +64,18 @@ def setup(conn: SqlConnection, projections: Sequence[Projection]) -> dict[str, i
 
 
 def apply(
-    conn: SqlConnection, projections: Sequence[Projection], events: Sequence[RecordedEvent]
+    conn: SqlConnection,
+    projections: Sequence[Projection],
+    events: Sequence[RecordedEvent],
+    one_pass: Collection[str] = (),
 ) -> dict[str, int]:
     """Apply ``events`` to every projection behind, with its checkpoint; returns them all.
 
     A projection whose stored checkpoint is past the batch is skipped; one that is inside
     it gets only the events after its checkpoint; one that is before the batch (reset by
     another runner) is left alone and reported at its checkpoint, so the runner re-reads
-    the log from there.
+    the log from there. The projections named in ``one_pass`` fold with their
+    ``rebuild_batch`` where they have one (see :meth:`ProjectionRunner.rebuild`).
     """
     first, last = events[0].position, events[-1].position
     positions = [event.position for event in events]
@@ -83,7 +87,10 @@ def apply(
         checkpoint = stored.get(projection.name, 0)
         if first - 1 <= checkpoint < last:
             todo = events[bisect.bisect_right(positions, checkpoint) :]
-            projection.apply_batch(conn, todo)
+            fold = projection.apply_batch
+            if projection.name in one_pass:
+                fold = getattr(projection, "rebuild_batch", fold)
+            fold(conn, todo)
             saved.append((projection.name, last, now))
             checkpoint = last
         reached[projection.name] = checkpoint
@@ -114,6 +121,18 @@ def save(conn: SqlConnection, positions: Mapping[str, int]) -> None:
     """Set the checkpoints of ``positions`` (by projection name), whatever they were."""
     now = _now()
     conn.executemany(_SAVE, [(name, position, now) for name, position in positions.items()])
+
+
+def finish_rebuild(
+    conn: SqlConnection, projections: Sequence[Projection], one_pass: Collection[str] = ()
+) -> None:
+    """The end of a rebuild: the ``finish_rebuild`` of the projections named in
+    ``one_pass`` that have one, then the ``read_indexes`` of all (which it deferred)."""
+    for projection in projections:
+        finish = getattr(projection, "finish_rebuild", None)
+        if finish is not None and projection.name in one_pass:
+            finish(conn)
+    create_read_indexes(conn, projections)
 
 
 def create_read_indexes(conn: SqlConnection, projections: Sequence[Projection]) -> None:

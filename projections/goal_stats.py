@@ -13,7 +13,10 @@ Its source is ``GoalReached`` (docs/events.md). Two tables:
   start): ``count``, ``unique_subscribers`` (exact within that hour) and the sum. Upserted
   with increments per batch; a subscriber counts as new in an hour if neither an earlier
   fact in the table nor an earlier event of the batch has the same key and hour (the table's
-  are read with one query per batch, for the batch's subscribers and hours).
+  are read with one query per batch, for the batch's subscribers and hours). A one-pass
+  rebuild into a shadow (``postback rebuild``, ``postback verify``'s replay) writes only
+  the facts, then computes every hourly row from them with one ``GROUP BY``: a pure
+  function of the facts either way, and ``verify`` compares the two.
 
 Money is exact and never a float. ``amount`` is a decimal string (at most 15 integer digits
 and 8 decimal places, as ``postback.amounts`` accepts). Its 1e-8 units can exceed SQLite's
@@ -281,13 +284,41 @@ def _seen_in_hours(
     return seen
 
 
+_HOURS_FROM_FACTS = (
+    f"INSERT INTO {_H} (account_id, spot_id, goal, hour_us, count, unique_subscribers,"
+    " sum_whole, sum_frac)"
+    f" SELECT account_id, spot_id, goal, recorded_us - recorded_us % {HOUR_US}, COUNT(*),"
+    " COUNT(DISTINCT subscriber_id),"
+    f" CAST(SUM(amount_whole) AS BIGINT) + CAST(SUM(amount_frac) AS BIGINT) / {UNITS_PER_WHOLE},"
+    f" CAST(SUM(amount_frac) AS BIGINT) % {UNITS_PER_WHOLE}"
+    " FROM goal_facts"
+    f" GROUP BY account_id, spot_id, goal, recorded_us - recorded_us % {HOUR_US}"
+)
+"""Every hourly row from the facts: what the increments of :meth:`apply_batch` add up to
+(the uniques of a key and hour are its distinct subscribers; ``frac`` stays in
+``[0, 10**8)``)."""
+
+
 class GoalStatsProjection:
     """See the module docstring. Stateless: any number of runners may share one."""
 
     name = "goal_stats"
-    rebuild_weight = 5.7  # seconds per million events of bench/rebuild.py's log
+    rebuild_weight = 4.2  # seconds per million events of bench/rebuild.py's log
     schema_sql: Sequence[str] = SCHEMA_SQL
     read_indexes: Sequence[str] = READ_INDEXES
+
+    def rebuild_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
+        """A one-pass rebuild's fold: the facts only; :meth:`finish_rebuild` adds up the
+        hours once, instead of a query and an upsert per batch."""
+        facts = [fact for fact in map(fact_of, events) if fact is not None]
+        if facts:
+            conn.executemany(_INSERT_FACT, facts)
+
+    def finish_rebuild(self, conn: SqlConnection) -> None:
+        """``goal_stats_hourly`` computed again from ``goal_facts`` (which it is a function
+        of, whatever folded them)."""
+        conn.execute(f"DELETE FROM {_H}")
+        conn.execute(_HOURS_FROM_FACTS)
 
     def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
         facts = [fact for fact in map(fact_of, events) if fact is not None]

@@ -98,6 +98,13 @@ class Projection(Protocol):
         It may also have ``rebuild_weight``: its rebuild's relative cost (a positive
         number, 1.0 if absent), by which ``postback rebuild`` balances the projections
         over its processes (:func:`projections.shadow.plan_shards`).
+
+        And it may have a cheaper fold for a one-pass rebuild into a shadow
+        (:meth:`ProjectionRunner.rebuild` with ``one_pass``): ``rebuild_batch(conn,
+        events)``, called instead of :meth:`apply_batch`, may leave out rows that
+        ``finish_rebuild(conn)``, called once at the end, derives from the rows it wrote.
+        After ``finish_rebuild`` the rows must be those :meth:`apply_batch` gives (``postback
+        verify``, which replays in one pass, compares them with the live ones).
         """
 
     def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
@@ -189,6 +196,7 @@ class ProjectionRunner:
         self._opened = False
         self._open_lock = asyncio.Lock()
         self._apply_lock = asyncio.Lock()
+        self._one_pass: frozenset[str] = frozenset()  # see rebuild(one_pass=True)
         self._checkpoints: dict[str, int] = dict.fromkeys(names, 0)
         self._head = 0
         self._advanced = asyncio.Event()
@@ -291,7 +299,12 @@ class ProjectionRunner:
                 if not batch:
                     return after
                 # All of them: apply() skips those whose stored checkpoint is past the batch.
-                apply = partial(checkpoints.apply, projections=self._projections, events=batch)
+                apply = partial(
+                    checkpoints.apply,
+                    projections=self._projections,
+                    events=batch,
+                    one_pass=self._one_pass,
+                )
                 self._advance(await database.transaction(apply, notify=True))
                 if len(batch) < self._batch_size and self.position >= batch[-1].position:
                     return self.position
@@ -461,13 +474,19 @@ class ProjectionRunner:
                 else:
                     del targets[position]
 
-    async def rebuild(self, names: Sequence[str] | None = None) -> int:
+    async def rebuild(self, names: Sequence[str] | None = None, *, one_pass: bool = False) -> int:
         """Reset the projections named (all by default) and apply the log again from 0.
 
         The reset commits first: until the rebuild catches up, readers see partial rows
         (and :attr:`lag` shows how far it is), and the projections' ``read_indexes`` are
         missing (created at the end, or when a runner next opens the database, should
         the rebuild stop before). Returns the position reached.
+
+        ``one_pass``: the database is a shadow that nobody reads before this returns, and
+        that is thrown away should it fail (``postback rebuild``'s children). A
+        projection with ``rebuild_batch`` then folds with it, and its ``finish_rebuild``
+        completes its rows at the end (see :class:`Projection`). Not with :meth:`run`
+        at the same time.
         """
         chosen = [p for p in self._projections if names is None or p.name in names]
         unknown = set(names or ()) - {p.name for p in chosen}
@@ -478,8 +497,16 @@ class ProjectionRunner:
             reset = partial(checkpoints.reset, projections=chosen, defer_indexes=True)
             stored = await database.transaction(reset, notify=True)
             self._checkpoints.update({p.name: stored.get(p.name, 0) for p in chosen})
-        position = await self.catch_up()
-        await database.transaction(partial(checkpoints.create_read_indexes, projections=chosen))
+            if one_pass:
+                self._one_pass = frozenset(p.name for p in chosen)
+        try:
+            position = await self.catch_up()
+            finish = partial(
+                checkpoints.finish_rebuild, projections=chosen, one_pass=self._one_pass
+            )
+            await database.transaction(finish)
+        finally:
+            self._one_pass = frozenset()
         return position
 
     async def close(self) -> None:

@@ -102,6 +102,18 @@ def fold(conn: SqlConnection, *batches: Sequence[RecordedEvent]) -> SqlConnectio
     return conn
 
 
+def fold_one_pass(conn: SqlConnection, *batches: Sequence[RecordedEvent]) -> SqlConnection:
+    """Fold as a one-pass rebuild does: ``rebuild_batch`` per batch, ``finish_rebuild``
+    in a transaction of its own."""
+    projection = GoalStatsProjection()
+    for batch in batches:
+        with transaction(conn):
+            projection.rebuild_batch(conn, batch)
+    with transaction(conn):
+        projection.finish_rebuild(conn)
+    return conn
+
+
 @pytest.fixture
 def conn(projection_db: Scope) -> SqlConnection:
     return new_db(projection_db.connect())
@@ -352,6 +364,9 @@ def incremental_equals_rebuild(scope: Scope, events: list[RecordedEvent], cuts: 
     pieces = fold(new_db(scope.connect()), *split(events, cuts))
     assert facts(pieces) == facts(whole)
     assert hourly(pieces) == hourly(whole) == facts_per_hour(events)
+    one_pass = fold_one_pass(new_db(scope.connect()), *split(events, cuts))
+    assert facts(one_pass) == facts(whole)
+    assert hourly(one_pass) == hourly(whole)
     totals = query_stats(pieces, account_id=None, group_by=["goal"])
     for row in totals:
         amounts = [
@@ -388,3 +403,13 @@ async def test_runner_folds_the_log_and_queries_on_its_reader(
     ]
     assert await runner.rebuild() == 5
     assert await runner.query(stats) == rows
+    assert await runner.rebuild(one_pass=True) == 5
+    assert await runner.query(stats) == rows
+    # Then on, batch by batch as always.
+    await store.append("subscriber-3", [reached(3, "dep", "0.7"), reached(1, "dep", "1")])
+    await runner.catch_up()
+    rows = await runner.query(stats)
+    assert [(r["goal"], r["count"], r["unique_subscribers"], r["sum"]) for r in rows] == [
+        ("dep", 4, 3, "2.00"),
+        ("reg", 2, 2, "0.00"),
+    ]

@@ -395,3 +395,52 @@ async def test_a_rebuild_creates_read_indexes_once_caught_up(
     assert await runner.query(lambda conn: index_names(conn, "indexed")) >= {"indexed_by_n"}
     rows = await runner.query(lambda conn: conn.execute("SELECT COUNT(*) FROM indexed").fetchone())
     assert rows[0] == 6
+
+
+class OnePass(Recording):
+    """A :class:`Recording` with a one-pass fold that records its calls (and what the
+    table held when ``finish_rebuild`` came)."""
+
+    def __init__(self) -> None:
+        super().__init__("one_pass")
+        self.folds: list[tuple[str, list[int]]] = []
+
+    def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
+        self.folds.append(("apply", [event.position for event in events]))
+        super().apply_batch(conn, events)
+
+    def rebuild_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
+        self.folds.append(("rebuild", [event.position for event in events]))
+        super().apply_batch(conn, events)
+
+    def finish_rebuild(self, conn: SqlConnection) -> None:
+        (count,) = conn.execute("SELECT COUNT(*) FROM one_pass").fetchone()
+        self.folds.append(("finish", [int(count)]))
+
+
+async def test_a_one_pass_rebuild_folds_with_rebuild_batch_then_finishes_once(
+    store: SQLiteEventStore, make_runner: RunnerFactory
+) -> None:
+    await append_n(store, 5)
+    projection, plain = OnePass(), Recording("plain")
+    runner = make_runner([projection, plain], batch_size=2)
+    assert await runner.rebuild(one_pass=True) == 5
+    assert projection.folds == [
+        ("rebuild", [1, 2]),
+        ("rebuild", [3, 4]),
+        ("rebuild", [5]),
+        ("finish", [5]),  # in the transaction after the last batch
+    ]
+    assert plain.calls == [[1, 2], [3, 4], [5]]  # none of its own: apply_batch
+    # Afterwards, and in a rebuild that is not one pass, apply_batch as always.
+    projection.folds.clear()
+    await append_n(store, 1)
+    await runner.catch_up()
+    assert await runner.rebuild() == 6
+    assert projection.folds == [
+        ("apply", [6]),
+        ("apply", [1, 2]),
+        ("apply", [3, 4]),
+        ("apply", [5, 6]),
+    ]
+    assert [row[0] for row in await recorded(runner, "one_pass")] == [1, 2, 3, 4, 5, 6]
