@@ -26,6 +26,7 @@ live projections as they were (the caller removes the shadow files or schemas).
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, TypeVar
@@ -75,18 +76,26 @@ def swap_in(path: str, shards: Sequence[tuple[str, Sequence[Projection]]]) -> di
     SQLite projections file ``path`` by the shadows' rows and checkpoints, in one
     transaction. Returns the checkpoints it set.
 
-    First the projections' tables are created in ``path`` where missing (a transaction of
-    its own). Then each projection is reset as :func:`projections.checkpoints.reset` does
-    (its tables dropped and created again, read indexes included) and each of its tables
-    filled with ``INSERT INTO ... SELECT *`` from its shadow. Raises ``ValueError`` if a
-    shadow lacks a projection's checkpoint (it was not rebuilt there), ``sqlite3.Error``
-    on the database's errors (``EventStoreError`` for a programming error); either way no
-    row changes.
+    When the shadows hold every table of the file (a rebuild of every projection in it;
+    a new file), the whole file is replaced: the other shadows' tables are copied into the
+    largest shadow, which is then copied page by page into ``path`` by SQLite's online
+    backup, one write transaction in which no record is decoded and no index rebuilt
+    (:func:`_swap_whole_file`). Otherwise, table by table: first the projections' tables
+    are created in ``path`` where missing (a transaction of its own); then each projection
+    is reset as :func:`projections.checkpoints.reset` does (its tables dropped and created
+    again, read indexes included) and each of its tables filled with ``INSERT INTO ...
+    SELECT *`` from its shadow.
 
-    The swap holds the file's write lock throughout (about 2 s per million events of
-    ``bench/rebuild.py``'s log here): a runner writing the same file waits, and retries
-    should that exceed its busy timeout. Every copied page goes through the write-ahead
-    log, which is truncated afterwards if no reader holds it.
+    Raises ``ValueError`` if a shadow lacks a projection's checkpoint (it was not rebuilt
+    there) or one of its tables, ``sqlite3.Error`` on the database's errors
+    (``EventStoreError`` for a programming error); either way no row of ``path`` changes
+    (the largest shadow may have gained the others' tables: shadows are thrown away).
+
+    The swap holds the file's write lock throughout (about 1.5 s per million events of
+    ``bench/rebuild.py``'s log here for the whole file, 2 to 2.5 s table by table): a
+    runner writing the same file waits, and retries should that exceed its busy timeout.
+    Every copied page goes through the write-ahead log, which is truncated afterwards if
+    no reader holds it.
     """
     conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
     try:
@@ -95,22 +104,11 @@ def swap_in(path: str, shards: Sequence[tuple[str, Sequence[Projection]]]) -> di
         # As the runners write this file: a swap lost on power loss leaves the old rows
         # and checkpoints, which the next catch-up brings forward from the log.
         conn.execute("PRAGMA synchronous = NORMAL")
-        # Every table the projections reset must exist here first: an unqualified name
-        # that the main database lacks resolves to an attached database's table, and the
-        # reset would drop the shadow's instead.
         everything = [projection for _shadow, projections in shards for projection in projections]
-        write_transaction(conn, lambda tx: checkpoints.setup(tx, everything))
-        # ATTACH is refused inside a transaction: every shadow first, then one transaction.
-        for index, (shadow, _projections) in enumerate(shards):
-            conn.execute(f"ATTACH DATABASE ? AS shadow{index}", (shadow,))
-        reached = write_transaction(
-            conn,
-            lambda tx: {
-                name: position
-                for index, (_shadow, projections) in enumerate(shards)
-                for name, position in _copy_shard(tx, f"shadow{index}", projections).items()
-            },
-        )
+        if _holds_all_of(conn, everything, [shadow for shadow, _projections in shards]):
+            reached = _swap_whole_file(conn, shards)
+        else:
+            reached = _swap_tables(conn, shards)
         # The log now holds a copy of every row; give the disk back (best effort: a
         # reader still in it keeps it, and the next checkpoint reuses it).
         conn.execute("PRAGMA busy_timeout = 1000")
@@ -119,6 +117,104 @@ def swap_in(path: str, shards: Sequence[tuple[str, Sequence[Projection]]]) -> di
         return reached
     finally:
         conn.close()
+
+
+def _tables_in(conn: SqlConnection, schema: str = "main") -> set[str]:
+    sql = f"SELECT name FROM {schema}.sqlite_schema WHERE type = 'table'"
+    return {str(name) for (name,) in conn.execute(sql).fetchall() if not name.startswith("sqlite_")}
+
+
+def _holds_all_of(
+    conn: sqlite3.Connection, projections: Sequence[Projection], shadows: Sequence[str]
+) -> bool:
+    """Whether replacing the whole file by the shadows loses nothing: every table in it
+    belongs to ``projections`` (or is the checkpoints'), so does every checkpoint, and
+    the shadows' pages are the size of its (the backup into a file in WAL mode needs it)."""
+    owned = {table for projection in projections for table in owned_tables(projection)}
+    if not _tables_in(conn) <= owned | {"projection_checkpoints"}:
+        return False
+    if "projection_checkpoints" in _tables_in(conn):
+        names = {str(name) for (name,) in conn.execute("SELECT name FROM projection_checkpoints")}
+        if not names <= {projection.name for projection in projections}:
+            return False
+    (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+    for shadow in shadows:
+        with contextlib.closing(sqlite3.connect(shadow)) as other:
+            if other.execute("PRAGMA page_size").fetchone()[0] != page_size:
+                return False
+    return True
+
+
+def _swap_whole_file(
+    conn: sqlite3.Connection, shards: Sequence[tuple[str, Sequence[Projection]]]
+) -> dict[str, int]:
+    """The other shadows merged into the largest, which then replaces the file ``conn``
+    is open on (:meth:`sqlite3.Connection.backup`: one write transaction on it; its
+    readers see the old file until it commits, then the new one, whose schema counter
+    has moved so that every connection reads the new schema)."""
+    largest = max(range(len(shards)), key=lambda index: os.path.getsize(shards[index][0]))
+    target_path, own = shards[largest]
+    others = [shard for index, shard in enumerate(shards) if index != largest]
+    target = sqlite3.connect(target_path, isolation_level=None)
+    try:
+        reached = _own_checkpoints(target, target_path, own)
+        # A shadow is thrown away should anything fail: no journal on disk, no syncs.
+        target.execute("PRAGMA journal_mode = MEMORY")
+        target.execute("PRAGMA synchronous = OFF")
+        moved = [projection for _shadow, projections in others for projection in projections]
+        # Before anything is attached, as in _swap_tables (unqualified names).
+        write_transaction(target, lambda tx: checkpoints.setup(tx, moved))
+        for index, (shadow, _projections) in enumerate(others):
+            target.execute(f"ATTACH DATABASE ? AS shadow{index}", (shadow,))
+        merged = write_transaction(
+            target,
+            lambda tx: {
+                name: position
+                for index, (_shadow, projections) in enumerate(others)
+                for name, position in _copy_shard(tx, f"shadow{index}", projections).items()
+            },
+        )
+        target.backup(conn)
+    finally:
+        target.close()
+    return {**reached, **merged}
+
+
+def _own_checkpoints(
+    conn: sqlite3.Connection, path: str, projections: Sequence[Projection]
+) -> dict[str, int]:
+    """The checkpoints of the shadow's own ``projections``, each of its tables there."""
+    stored = checkpoints.read_checkpoints(conn)
+    missing = [p.name for p in projections if p.name not in stored]
+    if missing:
+        raise ValueError(f"the shadow {path} has no checkpoint for {', '.join(missing)}")
+    present = _tables_in(conn)
+    lacking = [t for p in projections for t in owned_tables(p) if t not in present]
+    if lacking:
+        raise ValueError(f"the shadow {path} has no table {', '.join(lacking)}")
+    return {p.name: stored[p.name] for p in projections}
+
+
+def _swap_tables(
+    conn: sqlite3.Connection, shards: Sequence[tuple[str, Sequence[Projection]]]
+) -> dict[str, int]:
+    """Each projection's tables replaced by its shadow's, in one transaction."""
+    # Every table the projections reset must exist here first: an unqualified name
+    # that the main database lacks resolves to an attached database's table, and the
+    # reset would drop the shadow's instead.
+    everything = [projection for _shadow, projections in shards for projection in projections]
+    write_transaction(conn, lambda tx: checkpoints.setup(tx, everything))
+    # ATTACH is refused inside a transaction: every shadow first, then one transaction.
+    for index, (shadow, _projections) in enumerate(shards):
+        conn.execute(f"ATTACH DATABASE ? AS shadow{index}", (shadow,))
+    return write_transaction(
+        conn,
+        lambda tx: {
+            name: position
+            for index, (_shadow, projections) in enumerate(shards)
+            for name, position in _copy_shard(tx, f"shadow{index}", projections).items()
+        },
+    )
 
 
 def _copy_shard(

@@ -3,6 +3,7 @@ into live SQLite projections in one transaction."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -264,3 +265,97 @@ async def test_a_failed_swap_changes_nothing(store: SQLiteEventStore, tmp_path: 
         swap_in(str(live), shards[:1])
     assert {table: _rows(live, table) for table in tables} == before
     assert _checkpoints(live) == checkpoints_before
+
+
+async def test_a_swap_of_every_table_replaces_the_file_under_its_readers(
+    store: SQLiteEventStore, tmp_path: Path
+) -> None:
+    head = await _fill(store)
+    live = tmp_path / "live.db"
+    await _build(store, live, all_projections(), until=head)
+    with sqlite3.connect(live) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("UPDATE goal_stats_hourly SET count = count + 5")
+    stale = _rows(live, "goal_stats_hourly")
+    shards = await _shadows(store, tmp_path, head)
+    # A runner that has the file open (as serve's does), and a reader inside a snapshot.
+    runner = ProjectionRunner(store, all_projections(), database=SQLiteProjectionDatabase(live))
+    await runner.catch_up()
+    reader = sqlite3.connect(live, isolation_level=None)
+    reader.execute("BEGIN")
+    assert sorted(reader.execute("SELECT * FROM goal_stats_hourly").fetchall(), key=repr) == stale
+    try:
+        assert swap_in(str(live), shards) == {p.name: head for p in all_projections()}
+        # The snapshot still shows the old file; the next transaction the new one.
+        assert sorted(reader.execute("SELECT * FROM goal_stats_hourly"), key=repr) == stale
+        reader.execute("COMMIT")
+        assert sorted(reader.execute("SELECT * FROM goal_stats_hourly"), key=repr) != stale
+        # Replaced as a whole: the largest shadow gained the others' tables, and the copy
+        # of it left no free page behind (dropping the old tables would have).
+        largest = max((path for path, _group in shards), key=os.path.getsize)
+        every = {t for p in all_projections() for t in owned_tables(p)}
+        with sqlite3.connect(largest) as conn:
+            assert every <= {row[0] for row in conn.execute("SELECT name FROM sqlite_schema")}
+        assert reader.execute("PRAGMA freelist_count").fetchone() == (0,)
+        # The open runner reads the new schema and goes on from the swapped checkpoints.
+        await store.append("subscriber-9", _log_events(9, 1))
+        await runner.catch_up()
+        await _same_as_a_fresh_replay(store, live, tmp_path)
+    finally:
+        reader.close()
+        await runner.close()
+
+
+async def test_a_table_the_shadows_lack_keeps_the_swap_to_their_tables(
+    store: SQLiteEventStore, tmp_path: Path
+) -> None:
+    head = await _fill(store)
+    live = tmp_path / "live.db"
+    await _build(store, live, all_projections(), until=head)
+    with sqlite3.connect(live) as conn:  # not a projection's: the file cannot be replaced
+        conn.execute("CREATE TABLE operator_notes (note TEXT)")
+        conn.execute("INSERT INTO operator_notes VALUES ('kept')")
+        conn.execute("UPDATE goal_stats_hourly SET count = count + 5")
+    shards = await _shadows(store, tmp_path, head)
+
+    swap_in(str(live), shards)
+
+    assert _rows(live, "operator_notes") == [("kept",)]
+    await _same_as_a_fresh_replay(store, live, tmp_path)
+
+
+async def test_a_checkpoint_the_shadows_lack_keeps_the_swap_to_their_tables(
+    store: SQLiteEventStore, tmp_path: Path
+) -> None:
+    head = await _fill(store)
+    live = tmp_path / "live.db"
+    await _build(store, live, all_projections(), until=head)
+    with sqlite3.connect(live) as conn:  # a projection this version no longer has
+        conn.execute(
+            "INSERT INTO projection_checkpoints (name, position, updated_at)"
+            " VALUES ('retired', 3, 'then')"
+        )
+    shards = await _shadows(store, tmp_path, head)
+
+    swap_in(str(live), shards)
+
+    assert _checkpoints(live)["retired"] == 3
+
+
+async def test_a_file_of_another_page_size_is_swapped_table_by_table(
+    store: SQLiteEventStore, tmp_path: Path
+) -> None:
+    # SQLite's backup cannot copy pages into a file in WAL mode whose pages differ.
+    head = await _fill(store)
+    live = tmp_path / "live.db"
+    with sqlite3.connect(live) as conn:
+        conn.execute("PRAGMA page_size = 1024")
+        conn.execute("VACUUM")
+    await _build(store, live, all_projections(), until=head)
+    shards = await _shadows(store, tmp_path, head)
+
+    swap_in(str(live), shards)
+
+    await _same_as_a_fresh_replay(store, live, tmp_path)
+    with sqlite3.connect(live) as conn:
+        assert conn.execute("PRAGMA page_size").fetchone() == (1024,)
