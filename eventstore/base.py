@@ -217,6 +217,15 @@ class RecordedEvent:
         return value
 
     @property
+    def stored_metadata(self) -> bytes | str | None:
+        """The metadata's JSON text as the backend read it, while :attr:`metadata` has not
+        decoded it; None once it has, and for an event built in memory. For a reader that
+        needs a few fields of large metadata and can parse them more cheaply itself (it
+        falls back to :attr:`metadata` on None)."""
+        value = self._metadata
+        return value if isinstance(value, bytes | str) else None
+
+    @property
     def recorded_at(self) -> datetime:
         value = self._recorded_at
         if value is None:

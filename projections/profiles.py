@@ -80,7 +80,7 @@ class ProfilesProjection:
     """See the module docstring. Stateless: any number of runners may share one."""
 
     name = "profiles"
-    rebuild_weight = 1.4  # seconds per million events of bench/rebuild.py's log
+    rebuild_weight = 1.7  # seconds per million events of bench/rebuild.py's log
     schema_sql: Sequence[str] = SCHEMA_SQL
 
     def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:

@@ -86,3 +86,11 @@ def test_decode_row_reads_lazily_what_both_backends_select() -> None:
     assert event == built()
     text = decode_row((*row[:7], orjson.dumps(META).decode(), micros_from_utc(AT), b"h" * 32), None)
     assert text.metadata == META
+
+
+def test_the_stored_metadata_is_there_until_it_is_decoded() -> None:
+    event = stored()
+    assert event.stored_metadata == orjson.dumps(META)
+    assert event.metadata == META
+    assert event.stored_metadata is None  # decoded: the dict is the one to read
+    assert built().stored_metadata is None

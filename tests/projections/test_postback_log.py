@@ -7,7 +7,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eventstore.base import NewEvent, RecordedEvent
 from eventstore.sqlite import SQLiteEventStore
@@ -221,3 +224,70 @@ def test_row_of_edge_cases() -> None:
         None,
         200,
     )
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children, max_size=3)
+    ),
+    max_leaves=6,
+)
+postback_objects = st.fixed_dictionaries(
+    {},
+    optional={
+        "request_id": st.text(max_size=8) | json_values,
+        "status": st.integers(100, 599) | json_values,
+        "clickid": st.text(max_size=8) | json_values,
+        "query": json_values,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None, database=None, derandomize=True)
+@given(
+    data=st.fixed_dictionaries(
+        {},
+        optional={
+            "account_id": st.integers(1, 9) | json_values,
+            "status": st.integers(100, 599) | json_values,
+        },
+    ),
+    metadata=st.fixed_dictionaries(
+        {}, optional={"postback": postback_objects | json_values, "other": json_values}
+    ),
+)
+def test_the_stored_metadata_gives_the_row_its_full_parse_gives(
+    data: dict[str, Any], metadata: dict[str, Any]
+) -> None:
+    # A store's event keeps its metadata's JSON, of which the index reads three fields
+    # with a decoder of its own; an event built in memory has the dict.
+    decoded = recorded_event(data, metadata)
+    stored = RecordedEvent.stored(
+        decoded.position,
+        decoded.stream,
+        decoded.version,
+        decoded.event_id.bytes,
+        decoded.type,
+        decoded.schema_version,
+        data,
+        orjson.dumps(metadata),
+        decoded.recorded_us,
+        decoded.hash,
+    )
+    assert stored.stored_metadata is not None
+    row = row_of(stored)
+    if metadata.get("postback") is None or isinstance(metadata["postback"], dict):
+        assert stored.stored_metadata is not None  # read without the full parse
+    assert row == row_of(decoded)
+    # ... and the entry listed for it, which the full metadata gives, agrees.
+    entry = entry_of(stored)
+    if row is None:
+        assert entry is None
+    else:
+        assert entry is not None
+        assert (entry["request_id"], entry["clickid"], entry["status"]) == (row[1], row[3], row[4])
