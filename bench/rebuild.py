@@ -59,7 +59,7 @@ from eventstore.base import NewEvent
 from eventstore.sqlite import SQLiteEventStore
 from postback.backend import with_search_path
 from postback.cli import main as cli_main
-from postback.cli_rebuild import default_jobs
+from postback.cli_rebuild import DEFAULT_BATCH_SIZE, default_jobs
 from postback.runtime import tune_process
 from projections.catalog import all_projections
 from projections.shadow import plan_shards
@@ -359,7 +359,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--subscribers", type=int, help="default: --events / 10")
-    parser.add_argument("--batch-size", type=int, default=5000, help="the runner's batch size")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help="the command's --batch-size (its default unless told)",
+    )
     parser.add_argument(
         "--jobs", type=int, default=default_jobs(), help="the command's --jobs (1: in place)"
     )

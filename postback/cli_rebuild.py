@@ -42,7 +42,7 @@ from projections.shadow import plan_shards
 
 T = TypeVar("T")
 
-DEFAULT_BATCH_SIZE = 5000
+DEFAULT_BATCH_SIZE = 10_000
 """Events per batch of a rebuild (and of verify's replay), unless told."""
 
 _SHADOW_REPORT_INTERVAL = 0.25
