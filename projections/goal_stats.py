@@ -14,9 +14,10 @@ Its source is ``GoalReached`` (docs/events.md). Two tables:
   with increments per batch; a subscriber counts as new in an hour if neither an earlier
   fact in the table nor an earlier event of the batch has the same key and hour (the table's
   are read with one query per batch, for the batch's subscribers and hours). A one-pass
-  rebuild into a shadow (``postback rebuild``, ``postback verify``'s replay) writes only
-  the facts, then computes every hourly row from them with one ``GROUP BY``: a pure
-  function of the facts either way, and ``verify`` compares the two.
+  rebuild into a shadow (``postback rebuild``, and ``postback verify``'s replay in
+  child processes) writes only the facts, then computes every hourly row from them with
+  one ``GROUP BY``: a pure function of the facts either way, and such a ``verify``
+  compares the two.
 
 Money is exact and never a float. ``amount`` is a decimal string (at most 15 integer digits
 and 8 decimal places, as ``postback.amounts`` accepts). Its 1e-8 units can exceed SQLite's
@@ -284,15 +285,17 @@ def _seen_in_hours(
     return seen
 
 
+# The hour as Fact.hour_us floors it: SQL's % keeps the dividend's sign (a time before 1970).
+_HOUR_OF_FACT = f"recorded_us - ((recorded_us % {HOUR_US}) + {HOUR_US}) % {HOUR_US}"
 _HOURS_FROM_FACTS = (
     f"INSERT INTO {_H} (account_id, spot_id, goal, hour_us, count, unique_subscribers,"
     " sum_whole, sum_frac)"
-    f" SELECT account_id, spot_id, goal, recorded_us - recorded_us % {HOUR_US}, COUNT(*),"
+    f" SELECT account_id, spot_id, goal, {_HOUR_OF_FACT}, COUNT(*),"
     " COUNT(DISTINCT subscriber_id),"
     f" CAST(SUM(amount_whole) AS BIGINT) + CAST(SUM(amount_frac) AS BIGINT) / {UNITS_PER_WHOLE},"
     f" CAST(SUM(amount_frac) AS BIGINT) % {UNITS_PER_WHOLE}"
     " FROM goal_facts"
-    f" GROUP BY account_id, spot_id, goal, recorded_us - recorded_us % {HOUR_US}"
+    f" GROUP BY account_id, spot_id, goal, {_HOUR_OF_FACT}"
 )
 """Every hourly row from the facts: what the increments of :meth:`apply_batch` add up to
 (the uniques of a key and hour are its distinct subscribers; ``frac`` stays in

@@ -85,7 +85,12 @@ def _text(value: object) -> str | None:
 
 
 def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """An integer the index's ``BIGINT`` columns hold; None for anything else (a bool, a
+    float, and an integer JSON gave beyond 64 bits, which a decoder may give as a float
+    or as an int: either way, no status)."""
+    if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63:
+        return value
+    return None
 
 
 class _IndexedFields(msgspec.Struct):

@@ -104,7 +104,8 @@ class Projection(Protocol):
         events)``, called instead of :meth:`apply_batch`, may leave out rows that
         ``finish_rebuild(conn)``, called once at the end, derives from the rows it wrote.
         After ``finish_rebuild`` the rows must be those :meth:`apply_batch` gives (``postback
-        verify``, which replays in one pass, compares them with the live ones).
+        verify``, whose replay children rebuild in one pass, compares them with the live
+        ones).
         """
 
     def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, TypeVar
 
@@ -76,11 +77,14 @@ def swap_in(path: str, shards: Sequence[tuple[str, Sequence[Projection]]]) -> di
     SQLite projections file ``path`` by the shadows' rows and checkpoints, in one
     transaction. Returns the checkpoints it set.
 
-    When the shadows hold every table of the file (a rebuild of every projection in it;
-    a new file), the whole file is replaced: the other shadows' tables are copied into the
+    When the file holds nothing but the shadows' projections (their tables and what is
+    built on them, the checkpoints' table, and only their checkpoints; a new file) and has
+    the shadows' header settings (:func:`_holds_all_of`, asked again just before the
+    copy), the whole file is replaced: the other shadows' tables are copied into the
     largest shadow, which is then copied page by page into ``path`` by SQLite's online
     backup, one write transaction in which no record is decoded and no index rebuilt
-    (:func:`_swap_whole_file`). Otherwise, table by table: first the projections' tables
+    (:func:`_swap_whole_file`); should the file stay locked longer than the busy timeout,
+    it gives up as a transaction would. Otherwise, table by table: first the projections' tables
     are created in ``path`` where missing (a transaction of its own); then each projection
     is reset as :func:`projections.checkpoints.reset` does (its tables dropped and created
     again, read indexes included) and each of its tables filled with ``INSERT INTO ...
@@ -104,10 +108,10 @@ def swap_in(path: str, shards: Sequence[tuple[str, Sequence[Projection]]]) -> di
         # As the runners write this file: a swap lost on power loss leaves the old rows
         # and checkpoints, which the next catch-up brings forward from the log.
         conn.execute("PRAGMA synchronous = NORMAL")
-        everything = [projection for _shadow, projections in shards for projection in projections]
-        if _holds_all_of(conn, everything, [shadow for shadow, _projections in shards]):
+        reached = None
+        if _holds_all_of(conn, shards):
             reached = _swap_whole_file(conn, shards)
-        else:
+        if reached is None:
             reached = _swap_tables(conn, shards)
         # The log now holds a copy of every row; give the disk back (best effort: a
         # reader still in it keeps it, and the next checkpoint reuses it).
@@ -119,39 +123,52 @@ def swap_in(path: str, shards: Sequence[tuple[str, Sequence[Projection]]]) -> di
         conn.close()
 
 
-def _tables_in(conn: SqlConnection, schema: str = "main") -> set[str]:
-    sql = f"SELECT name FROM {schema}.sqlite_schema WHERE type = 'table'"
-    return {str(name) for (name,) in conn.execute(sql).fetchall() if not name.startswith("sqlite_")}
+_FILE_SETTINGS: Final = ("page_size", "auto_vacuum", "user_version", "application_id")
+"""What a page-by-page copy carries over from the shadow's header: it must already be the
+live file's (and the backup cannot copy into a file in WAL mode of another page size)."""
 
 
 def _holds_all_of(
-    conn: sqlite3.Connection, projections: Sequence[Projection], shadows: Sequence[str]
+    conn: sqlite3.Connection, shards: Sequence[tuple[str, Sequence[Projection]]]
 ) -> bool:
-    """Whether replacing the whole file by the shadows loses nothing: every table in it
-    belongs to ``projections`` (or is the checkpoints'), so does every checkpoint, and
-    the shadows' pages are the size of its (the backup into a file in WAL mode needs it)."""
+    """Whether replacing the whole file by the shadows loses nothing: everything in it (its
+    tables, and the indexes, triggers and views on them) belongs to the shadows'
+    projections or is the checkpoints' table, so does every checkpoint, and its header
+    settings are the shadows'."""
+    projections = [projection for _shadow, group in shards for projection in group]
     owned = {table for projection in projections for table in owned_tables(projection)}
-    if not _tables_in(conn) <= owned | {"projection_checkpoints"}:
+    owned.add("projection_checkpoints")
+    objects = conn.execute(
+        "SELECT DISTINCT tbl_name FROM sqlite_schema WHERE name NOT LIKE 'sqlite!_%' ESCAPE '!'"
+    ).fetchall()
+    if not {str(name) for (name,) in objects} <= owned:
         return False
-    if "projection_checkpoints" in _tables_in(conn):
+    if conn.execute(
+        "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'projection_checkpoints'"
+    ).fetchone():
         names = {str(name) for (name,) in conn.execute("SELECT name FROM projection_checkpoints")}
         if not names <= {projection.name for projection in projections}:
             return False
-    (page_size,) = conn.execute("PRAGMA page_size").fetchone()
-    for shadow in shadows:
+    live = _settings(conn)
+    for shadow, _group in shards:
         with contextlib.closing(sqlite3.connect(shadow)) as other:
-            if other.execute("PRAGMA page_size").fetchone()[0] != page_size:
+            if _settings(other) != live:
                 return False
     return True
 
 
+def _settings(conn: sqlite3.Connection) -> tuple[object, ...]:
+    return tuple(conn.execute(f"PRAGMA {name}").fetchone()[0] for name in _FILE_SETTINGS)
+
+
 def _swap_whole_file(
     conn: sqlite3.Connection, shards: Sequence[tuple[str, Sequence[Projection]]]
-) -> dict[str, int]:
+) -> dict[str, int] | None:
     """The other shadows merged into the largest, which then replaces the file ``conn``
     is open on (:meth:`sqlite3.Connection.backup`: one write transaction on it; its
     readers see the old file until it commits, then the new one, whose schema counter
-    has moved so that every connection reads the new schema)."""
+    has moved so that every connection reads the new schema). None, with the live file
+    untouched, if the file gained something of its own during the merge."""
     largest = max(range(len(shards)), key=lambda index: os.path.getsize(shards[index][0]))
     target_path, own = shards[largest]
     others = [shard for index, shard in enumerate(shards) if index != largest]
@@ -170,14 +187,28 @@ def _swap_whole_file(
             target,
             lambda tx: {
                 name: position
-                for index, (_shadow, projections) in enumerate(others)
-                for name, position in _copy_shard(tx, f"shadow{index}", projections).items()
+                for index, (shadow, projections) in enumerate(others)
+                for name, position in _copy_shard(tx, f"shadow{index}", shadow, projections).items()
             },
         )
-        target.backup(conn)
+        if not _holds_all_of(conn, shards):  # looked at again: the merge took a while
+            return None
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+
+        def give_up_when_locked_too_long(status: int, _remaining: int, _total: int) -> None:
+            # sqlite3's backup retries a busy file for as long as it stays busy; a swap
+            # waits as long as the other one does (BEGIN IMMEDIATE, with busy_timeout).
+            if status in (_SQLITE_BUSY, _SQLITE_LOCKED) and time.monotonic() > deadline:
+                raise sqlite3.OperationalError("database is locked")
+
+        target.backup(conn, progress=give_up_when_locked_too_long)
     finally:
         target.close()
     return {**reached, **merged}
+
+
+_SQLITE_BUSY: Final = 5
+_SQLITE_LOCKED: Final = 6
 
 
 def _own_checkpoints(
@@ -188,7 +219,9 @@ def _own_checkpoints(
     missing = [p.name for p in projections if p.name not in stored]
     if missing:
         raise ValueError(f"the shadow {path} has no checkpoint for {', '.join(missing)}")
-    present = _tables_in(conn)
+    present = {
+        str(name) for (name,) in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")
+    }
     lacking = [t for p in projections for t in owned_tables(p) if t not in present]
     if lacking:
         raise ValueError(f"the shadow {path} has no table {', '.join(lacking)}")
@@ -211,20 +244,22 @@ def _swap_tables(
         conn,
         lambda tx: {
             name: position
-            for index, (_shadow, projections) in enumerate(shards)
-            for name, position in _copy_shard(tx, f"shadow{index}", projections).items()
+            for index, (shadow, projections) in enumerate(shards)
+            for name, position in _copy_shard(tx, f"shadow{index}", shadow, projections).items()
         },
     )
 
 
 def _copy_shard(
-    conn: SqlConnection, schema: str, projections: Sequence[Projection]
+    conn: SqlConnection, schema: str, path: str, projections: Sequence[Projection]
 ) -> dict[str, int]:
+    """The tables of ``projections`` replaced by those of the attached ``schema`` (the
+    shadow file ``path``), with its checkpoints."""
     rows = conn.execute(f"SELECT name, position FROM {schema}.projection_checkpoints")
     stored = {str(name): int(position) for name, position in rows}
     missing = [p.name for p in projections if p.name not in stored]
     if missing:
-        raise ValueError(f"the shadow {schema} has no checkpoint for {', '.join(missing)}")
+        raise ValueError(f"the shadow {path} has no checkpoint for {', '.join(missing)}")
     checkpoints.reset(conn, projections)
     for projection in projections:
         for table in owned_tables(projection):

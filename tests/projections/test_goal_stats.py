@@ -289,6 +289,7 @@ def test_reset_drops_the_tables(conn: SqlConnection) -> None:
 
 STARTS = [
     at("2026-03-01T00:00"),
+    at("1969-12-31T22:30"),  # before the epoch: negative microseconds
     at("2026-03-08T03:00"),  # America/Chicago: DST starts at 08:00Z
     at("2026-04-04T22:00"),  # America/Santiago: DST ends at midnight local (03:00Z)
     at("2026-10-31T20:00"),  # America/Chicago: DST ends at 07:00Z

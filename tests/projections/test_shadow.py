@@ -3,6 +3,7 @@ into live SQLite projections in one transaction."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 from collections.abc import Sequence
@@ -137,12 +138,17 @@ async def _fill(store: SQLiteEventStore) -> int:
 
 
 async def _build(
-    store: SQLiteEventStore, path: Path, projections: Sequence[Projection], *, until: int | None
+    store: SQLiteEventStore,
+    path: Path,
+    projections: Sequence[Projection],
+    *,
+    until: int | None,
+    one_pass: bool = False,
 ) -> None:
     database = SQLiteProjectionDatabase(path, scratch=True)
     runner = ProjectionRunner(store, list(projections), database=database, batch_size=7)
     try:
-        await runner.rebuild()
+        await runner.rebuild(one_pass=one_pass)
         if until is not None:
             assert runner.position == until
     finally:
@@ -189,8 +195,8 @@ async def _shadows(
         (str(tmp_path / f"shadow{n}.db"), group)
         for n, group in enumerate(plan_shards(all_projections(), 2))
     ]
-    for path, group in shards:
-        await _build(store, Path(path), group, until=head)
+    for path, group in shards:  # as the rebuild's children build them
+        await _build(store, Path(path), group, until=head, one_pass=True)
     return shards
 
 
@@ -359,3 +365,53 @@ async def test_a_file_of_another_page_size_is_swapped_table_by_table(
     await _same_as_a_fresh_replay(store, live, tmp_path)
     with sqlite3.connect(live) as conn:
         assert conn.execute("PRAGMA page_size").fetchone() == (1024,)
+
+
+async def test_a_failed_whole_file_swap_changes_nothing(
+    store: SQLiteEventStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    head = await _fill(store)
+    live = tmp_path / "live.db"
+    await _build(store, live, all_projections(), until=head)
+    tables = [t for p in all_projections() for t in owned_tables(p)]
+    before = {table: _rows(live, table) for table in tables}
+    shards = await _shadows(store, tmp_path, head)
+    smaller = min((path for path, _group in shards), key=os.path.getsize)
+
+    # A file that stays locked: the swap gives up after its busy timeout, as the table by
+    # table one does (SQLite's backup would retry for as long as it is locked).
+    monkeypatch.setattr("projections.shadow.BUSY_TIMEOUT_MS", 300)
+    holder = sqlite3.connect(live, isolation_level=None)
+    holder.execute("PRAGMA journal_mode = WAL")  # as a service's file is: only writers wait
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            # In a thread, bounded: a swap that waited for good would fail, not hang.
+            await asyncio.wait_for(asyncio.to_thread(swap_in, str(live), shards), 10)
+    finally:
+        holder.close()
+    assert {table: _rows(live, table) for table in tables} == before
+
+    # The shadow merged into the largest lacks a checkpoint: refused, naming that file.
+    with sqlite3.connect(smaller) as conn:
+        conn.execute("DELETE FROM projection_checkpoints")
+    with pytest.raises(ValueError, match=f"the shadow {smaller} has no checkpoint for"):
+        swap_in(str(live), shards)
+    assert {table: _rows(live, table) for table in tables} == before
+
+
+async def test_a_view_of_the_operators_keeps_the_swap_to_the_tables(
+    store: SQLiteEventStore, tmp_path: Path
+) -> None:
+    head = await _fill(store)
+    live = tmp_path / "live.db"
+    await _build(store, live, all_projections(), until=head)
+    with sqlite3.connect(live) as conn:
+        conn.execute("CREATE VIEW busy_spots AS SELECT spot_id FROM goal_stats_hourly")
+    shards = await _shadows(store, tmp_path, head)
+
+    swap_in(str(live), shards)
+
+    with sqlite3.connect(live) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM busy_spots").fetchone()[0] > 0
+    await _same_as_a_fresh_replay(store, live, tmp_path)
