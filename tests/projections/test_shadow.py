@@ -181,6 +181,15 @@ async def _same_as_a_fresh_replay(store: SQLiteEventStore, live: Path, tmp_path:
     assert _checkpoints(live) == _checkpoints(fresh)
 
 
+async def _live_file(store: SQLiteEventStore, tmp_path: Path) -> tuple[Path, int]:
+    """The log filled, and live projections of it all in ``live.db``: the file and the
+    log's head."""
+    head = await _fill(store)
+    live = tmp_path / "live.db"
+    await _build(store, live, all_projections(), until=head)
+    return live, head
+
+
 @pytest.fixture
 async def store(tmp_path: Path) -> Any:
     opened = await SQLiteEventStore.open(tmp_path / "events.db", poll_interval=None)
@@ -203,9 +212,7 @@ async def _shadows(
 async def test_swap_replaces_stale_live_rows_with_the_shadows(
     store: SQLiteEventStore, tmp_path: Path
 ) -> None:
-    head = await _fill(store)
-    live = tmp_path / "live.db"
-    await _build(store, live, all_projections(), until=head)
+    live, head = await _live_file(store, tmp_path)
     with sqlite3.connect(live) as conn:  # rows that a replay would not give
         conn.execute("UPDATE goal_stats_hourly SET count = count + 5")
         conn.execute("DELETE FROM subscribers WHERE subscriber_id = 3")
@@ -245,9 +252,7 @@ async def test_swap_into_a_new_file_leaves_the_shadows_whole(
 
 
 async def test_a_failed_swap_changes_nothing(store: SQLiteEventStore, tmp_path: Path) -> None:
-    head = await _fill(store)
-    live = tmp_path / "live.db"
-    await _build(store, live, all_projections(), until=head)
+    live, head = await _live_file(store, tmp_path)
     with sqlite3.connect(live) as conn:
         conn.execute("UPDATE goal_stats_hourly SET count = count + 5")
     tables = [t for p in all_projections() for t in owned_tables(p)]
@@ -276,9 +281,7 @@ async def test_a_failed_swap_changes_nothing(store: SQLiteEventStore, tmp_path: 
 async def test_a_swap_of_every_table_replaces_the_file_under_its_readers(
     store: SQLiteEventStore, tmp_path: Path
 ) -> None:
-    head = await _fill(store)
-    live = tmp_path / "live.db"
-    await _build(store, live, all_projections(), until=head)
+    live, head = await _live_file(store, tmp_path)
     with sqlite3.connect(live) as conn:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("UPDATE goal_stats_hourly SET count = count + 5")
@@ -315,9 +318,7 @@ async def test_a_swap_of_every_table_replaces_the_file_under_its_readers(
 async def test_a_table_the_shadows_lack_keeps_the_swap_to_their_tables(
     store: SQLiteEventStore, tmp_path: Path
 ) -> None:
-    head = await _fill(store)
-    live = tmp_path / "live.db"
-    await _build(store, live, all_projections(), until=head)
+    live, head = await _live_file(store, tmp_path)
     with sqlite3.connect(live) as conn:  # not a projection's: the file cannot be replaced
         conn.execute("CREATE TABLE operator_notes (note TEXT)")
         conn.execute("INSERT INTO operator_notes VALUES ('kept')")
@@ -333,9 +334,7 @@ async def test_a_table_the_shadows_lack_keeps_the_swap_to_their_tables(
 async def test_a_checkpoint_the_shadows_lack_keeps_the_swap_to_their_tables(
     store: SQLiteEventStore, tmp_path: Path
 ) -> None:
-    head = await _fill(store)
-    live = tmp_path / "live.db"
-    await _build(store, live, all_projections(), until=head)
+    live, head = await _live_file(store, tmp_path)
     with sqlite3.connect(live) as conn:  # a projection this version no longer has
         conn.execute(
             "INSERT INTO projection_checkpoints (name, position, updated_at)"
@@ -370,9 +369,7 @@ async def test_a_file_of_another_page_size_is_swapped_table_by_table(
 async def test_a_failed_whole_file_swap_changes_nothing(
     store: SQLiteEventStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    head = await _fill(store)
-    live = tmp_path / "live.db"
-    await _build(store, live, all_projections(), until=head)
+    live, head = await _live_file(store, tmp_path)
     tables = [t for p in all_projections() for t in owned_tables(p)]
     before = {table: _rows(live, table) for table in tables}
     shards = await _shadows(store, tmp_path, head)
@@ -403,9 +400,7 @@ async def test_a_failed_whole_file_swap_changes_nothing(
 async def test_a_view_of_the_operators_keeps_the_swap_to_the_tables(
     store: SQLiteEventStore, tmp_path: Path
 ) -> None:
-    head = await _fill(store)
-    live = tmp_path / "live.db"
-    await _build(store, live, all_projections(), until=head)
+    live, head = await _live_file(store, tmp_path)
     with sqlite3.connect(live) as conn:
         conn.execute("CREATE VIEW busy_spots AS SELECT spot_id FROM goal_stats_hourly")
     shards = await _shadows(store, tmp_path, head)
