@@ -223,7 +223,7 @@ class RecordedEvent:
         needs a few fields of large metadata and can parse them more cheaply itself (it
         falls back to :attr:`metadata` on None)."""
         value = self._metadata
-        return value if isinstance(value, bytes | str) else None
+        return value if type(value) is bytes or type(value) is str else None
 
     @property
     def recorded_at(self) -> datetime:

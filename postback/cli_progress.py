@@ -77,7 +77,8 @@ class LogView:
             if limit <= 0:
                 return []
         batch = await self._store.read_all(after, limit)
-        if self._until is not None:
+        if self._until is not None and batch and batch[-1].position > self._until:
+            # The log's positions may have gaps (PostgreSQL): what lies past ``until``.
             batch = [event for event in batch if event.position <= self._until]
         if batch:
             self._seen(batch[-1].position)

@@ -88,7 +88,7 @@ def _int(value: object) -> int | None:
     """An integer the index's ``BIGINT`` columns hold; None for anything else (a bool, a
     float, and an integer JSON gave beyond 64 bits, which a decoder may give as a float
     or as an int: either way, no status)."""
-    if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63:
+    if type(value) is int and -(2**63) <= value < 2**63:  # not a bool: its type is bool
         return value
     return None
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
-from eventstore.base import NewEvent
+from eventstore.base import EventStore, NewEvent, RecordedEvent
 from eventstore.sqlite import SQLiteEventStore
 from postback.cli_progress import LogView
 
@@ -21,3 +24,26 @@ async def test_every_read_is_cut_at_until(tmp_path: Path) -> None:
         assert [e.position for e in await uncut.read_at([5, 1])] == [1, 5]
     finally:
         await store.close()
+
+
+class GappedLog:
+    """A log whose positions have gaps (as PostgreSQL's may): reads return what is there."""
+
+    def __init__(self, positions: list[int]) -> None:
+        self.events = [recorded(position) for position in positions]
+
+    async def read_all(self, after: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        return [e for e in self.events if e.position > after][:limit]
+
+
+def recorded(position: int) -> RecordedEvent:
+    return RecordedEvent(position, "s", position, uuid.uuid4(), "E", 1, {}, {}, NOW, b"")
+
+
+NOW = datetime(2026, 11, 25, tzinfo=UTC)
+
+
+async def test_a_read_past_a_gap_is_cut_at_until_too() -> None:
+    view = LogView(cast(EventStore, GappedLog([2, 4, 7, 8])), until=5)
+    assert [e.position for e in await view.read_all(0, 10)] == [2, 4]
+    assert [e.position for e in await view.read_all(4, 10)] == []
