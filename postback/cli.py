@@ -2,6 +2,10 @@
 
 Every command works on the SQLite file (``--db`` / ``POSTBACK_DB``, the default) or on
 PostgreSQL (``--dsn`` / ``POSTBACK_DSN``); ``migrate-to`` copies the one into the other.
+
+The web service (aiohttp, the app) is imported by the commands that serve or write
+through it (``serve``, ``demo``, ``account``) when they run: the others (a rebuild's
+child processes among them) start without it.
 """
 
 from __future__ import annotations
@@ -14,17 +18,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from aiohttp import web
-
 from eventstore.errors import EventStoreError
 from postback import cli_analyst, migrate
-from postback.app import create_app
 from postback.backend import LogUnavailableError, MissingLogError, describe
 from postback.config import PROJECTORS, Config, ConfigError
-from postback.demo import run_demo
-from postback.offline import create_account_offline
 from postback.runtime import tune_process
-from postback.server import make_runner
 from postback.signals import stop_on_signals
 
 
@@ -84,6 +82,11 @@ async def serve(config: Config) -> None:
     Once listening it prints ``postback: serving DB on http://HOST:PORT`` with the port
     actually bound, so ``--port 0`` (any free port) works for tests and scripts.
     """
+    from aiohttp import web
+
+    from postback.app import create_app
+    from postback.server import make_runner
+
     runner = make_runner(create_app(config))
     await runner.setup()
     try:
@@ -152,10 +155,14 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     if args.command in cli_analyst.COMMANDS:
         return cli_analyst.run(args, config)
     if args.command == "account":
+        from postback.offline import create_account_offline
+
         account_id, api_key = asyncio.run(create_account_offline(config, args.name))
         print(f"account {account_id} created\napi key: {api_key}")
         return 0
     if args.command == "demo" or (args.command == "serve" and args.demo):
+        from postback.demo import run_demo
+
         asyncio.run(run_demo(config))
         if args.command == "demo":
             return 0

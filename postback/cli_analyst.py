@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from eventstore.base import RecordedEvent
-from postback import cli_projections, cli_rebuild, cli_verify
+from postback import cli_rebuild, cli_verify
 from postback.backend import open_store, projection_runner
 from postback.config import Config
 from postback.views import event_fields
@@ -206,6 +206,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         if args.command == "verify":
             return cli_verify.verify(config, args.anchor, args.limit, args.jobs)
         if args.command == "project":
+            from postback import cli_projections  # the outbox with it: aiohttp
+
             return cli_projections.project(config, args.batch_size, supervised=args.supervised)
         if args.command == "stats":
             return stats(config, args)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from postback.proxies import Network, parse_networks
+from postback.networks import Network, parse_networks
 
 PROJECTORS = ("process", "inline")
 """Where ``serve`` may run the projections and the outbox (see ``Config.projector``)."""

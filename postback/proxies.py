@@ -15,28 +15,18 @@ the TCP peer, whatever the headers say.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Final
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-Network = IPv4Network | IPv6Network
+from postback.networks import Network, parse_networks
+
+__all__ = ["SOURCE", "Network", "client_address", "parse_networks", "source_of", "trusted_source"]
 
 SOURCE: Final = web.RequestKey("postback_source", str)
 """Where :func:`trusted_source` keeps the resolved source address of a request."""
-
-
-def parse_networks(text: str) -> tuple[Network, ...]:
-    """``"127.0.0.1, 10.0.0.0/8 ::1"`` as networks (an address is a network of one);
-    ValueError naming the entry that is neither."""
-    networks = []
-    for entry in text.replace(",", " ").split():
-        try:
-            networks.append(ip_network(entry, strict=False))
-        except ValueError:
-            raise ValueError(f"{entry!r} is not an IP address or network") from None
-    return tuple(networks)
 
 
 def _address(hop: str) -> IPv4Address | IPv6Address | None:
