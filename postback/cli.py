@@ -2,11 +2,11 @@
 
 Every command works on the SQLite file (``--db`` / ``POSTBACK_DB``, the default) or on
 PostgreSQL (``--dsn`` / ``POSTBACK_DSN``); ``migrate-to`` copies the one into the other.
-
-The web service (aiohttp, the app) is imported by the commands that serve or write
-through it (``serve``, ``demo``, ``account``) when they run: the others (a rebuild's
-child processes among them) start without it.
 """
+
+# What only some commands use is imported when they run: the web service (aiohttp) by
+# ``serve``, the outbox (aiohttp too) by ``project``, the demo and the offline account
+# creation by theirs. The others, a rebuild's child processes among them, start without.
 
 from __future__ import annotations
 
