@@ -126,10 +126,16 @@ def _indexed_fields(event: RecordedEvent) -> tuple[Any, Any, Any] | None:
             if postback is None:
                 return None
             return postback.request_id, postback.status, postback.clickid
-    postback = event.metadata.get("postback")
-    if type(postback) is not dict:
+    parsed = _postback_of(event)
+    if parsed is None:
         return None
-    return postback.get("request_id"), postback.get("status"), postback.get("clickid")
+    return parsed.get("request_id"), parsed.get("status"), parsed.get("clickid")
+
+
+def _postback_of(event: RecordedEvent) -> dict[str, Any] | None:
+    """``metadata.postback`` by the full parse, None unless it is an object."""
+    postback = event.metadata.get("postback")
+    return postback if type(postback) is dict else None
 
 
 def _request_id_and_status(
@@ -150,8 +156,8 @@ def _request_id_and_status(
 def _request_of(event: RecordedEvent) -> tuple[dict[str, Any], str, int] | None:
     """``(metadata.postback, request_id, status)``, or None if no partner request caused
     ``event`` (see :func:`_request_id_and_status`)."""
-    postback = event.metadata.get("postback")
-    if type(postback) is not dict:
+    postback = _postback_of(event)
+    if postback is None:
         return None
     found = _request_id_and_status(event, postback.get("request_id"), postback.get("status"))
     return None if found is None else (postback, *found)

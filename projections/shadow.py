@@ -198,7 +198,10 @@ def _swap_whole_file(
         def give_up_when_locked_too_long(status: int, _remaining: int, _total: int) -> None:
             # sqlite3's backup retries a busy file for as long as it stays busy; a swap
             # waits as long as the other one does (BEGIN IMMEDIATE, with busy_timeout).
-            if status in (_SQLITE_BUSY, _SQLITE_LOCKED) and time.monotonic() > deadline:
+            if (
+                status in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+                and time.monotonic() > deadline
+            ):
                 raise sqlite3.OperationalError("database is locked")
 
         target.backup(conn, progress=give_up_when_locked_too_long)
@@ -207,25 +210,29 @@ def _swap_whole_file(
     return {**reached, **merged}
 
 
-_SQLITE_BUSY: Final = 5
-_SQLITE_LOCKED: Final = 6
+def _shadow_checkpoints(
+    stored: dict[str, int], projections: Sequence[Projection], shadow: str
+) -> dict[str, int]:
+    """The checkpoints of ``projections`` among those ``stored`` in ``shadow``; ValueError
+    naming the ones it lacks (they were not rebuilt there)."""
+    missing = [p.name for p in projections if p.name not in stored]
+    if missing:
+        raise ValueError(f"the shadow {shadow} has no checkpoint for {', '.join(missing)}")
+    return {p.name: stored[p.name] for p in projections}
 
 
 def _own_checkpoints(
     conn: sqlite3.Connection, path: str, projections: Sequence[Projection]
 ) -> dict[str, int]:
     """The checkpoints of the shadow's own ``projections``, each of its tables there."""
-    stored = checkpoints.read_checkpoints(conn)
-    missing = [p.name for p in projections if p.name not in stored]
-    if missing:
-        raise ValueError(f"the shadow {path} has no checkpoint for {', '.join(missing)}")
+    reached = _shadow_checkpoints(checkpoints.read_checkpoints(conn), projections, path)
     present = {
         str(name) for (name,) in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")
     }
     lacking = [t for p in projections for t in owned_tables(p) if t not in present]
     if lacking:
         raise ValueError(f"the shadow {path} has no table {', '.join(lacking)}")
-    return {p.name: stored[p.name] for p in projections}
+    return reached
 
 
 def _swap_tables(
@@ -256,16 +263,14 @@ def _copy_shard(
     """The tables of ``projections`` replaced by those of the attached ``schema`` (the
     shadow file ``path``), with its checkpoints."""
     rows = conn.execute(f"SELECT name, position FROM {schema}.projection_checkpoints")
-    stored = {str(name): int(position) for name, position in rows}
-    missing = [p.name for p in projections if p.name not in stored]
-    if missing:
-        raise ValueError(f"the shadow {path} has no checkpoint for {', '.join(missing)}")
+    reached = _shadow_checkpoints(
+        {str(name): int(position) for name, position in rows}, projections, path
+    )
     checkpoints.reset(conn, projections)
     for projection in projections:
         for table in owned_tables(projection):
             name = quote(table)
             conn.execute(f"INSERT INTO main.{name} SELECT * FROM {schema}.{name}")
-    reached = {p.name: stored[p.name] for p in projections}
     checkpoints.save(conn, reached)
     return reached
 
@@ -323,14 +328,11 @@ def swap_schemas(
     for shadow, projections in shards:
         rows = conn.execute(f"SELECT name, position FROM {quote(shadow)}.projection_checkpoints")
         stored = {str(name): int(position) for name, position in rows.fetchall()}
-        missing = [p.name for p in projections if p.name not in stored]
-        if missing:
-            raise ValueError(f"the shadow {shadow} has no checkpoint for {', '.join(missing)}")
+        reached.update(_shadow_checkpoints(stored, projections, shadow))
         for projection in projections:
             for table in owned_tables(projection):
                 conn.execute(f"DROP TABLE IF EXISTS {quote(live)}.{quote(table)}")
                 conn.execute(f"ALTER TABLE {quote(shadow)}.{quote(table)} SET SCHEMA {quote(live)}")
-            reached[projection.name] = stored[projection.name]
     checkpoints.save(conn, reached)
     return reached
 
