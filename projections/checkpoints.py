@@ -8,7 +8,7 @@ is the latest, whoever committed it (another runner, another instance).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
@@ -16,7 +16,7 @@ from eventstore.base import RecordedEvent
 from projections.database import SqlConnection
 
 if TYPE_CHECKING:
-    from projections.runner import Projection
+    from projections.runner import OnePassFold, Projection
 
 CHECKPOINTS_SQL: Final = (
     "CREATE TABLE IF NOT EXISTS projection_checkpoints ("
@@ -51,6 +51,17 @@ def read_indexes(projection: Projection) -> Sequence[str]:
     return indexes
 
 
+def one_pass_folds(projections: Sequence[Projection]) -> dict[str, OnePassFold]:
+    """A fresh :class:`~projections.runner.OnePassFold` of each of ``projections`` that
+    has the optional ``one_pass()``, by projection name."""
+    folds: dict[str, OnePassFold] = {}
+    for projection in projections:
+        make: Callable[[], OnePassFold] | None = getattr(projection, "one_pass", None)
+        if make is not None:
+            folds[projection.name] = make()
+    return folds
+
+
 def setup(conn: SqlConnection, projections: Sequence[Projection]) -> dict[str, int]:
     """Create the tables (``schema_sql``, then ``read_indexes``) and a checkpoint at 0 for
     each new projection."""
@@ -67,15 +78,16 @@ def apply(
     conn: SqlConnection,
     projections: Sequence[Projection],
     events: Sequence[RecordedEvent],
-    one_pass: Collection[str] = (),
+    one_pass: Mapping[str, OnePassFold] | None = None,
 ) -> dict[str, int]:
     """Apply ``events`` to every projection behind, with its checkpoint; returns them all.
 
     A projection whose stored checkpoint is past the batch is skipped; one that is inside
     it gets only the events after its checkpoint; one that is before the batch (reset by
     another runner) is left alone and reported at its checkpoint, so the runner re-reads
-    the log from there. The projections named in ``one_pass`` fold with their
-    ``rebuild_batch`` where they have one (see :meth:`ProjectionRunner.rebuild`).
+    the log from there. A projection named in ``one_pass`` folds with the
+    :class:`~projections.runner.OnePassFold` it maps to instead (see
+    :meth:`ProjectionRunner.rebuild`).
     """
     first, last = events[0].position, events[-1].position
     positions = [event.position for event in events]
@@ -87,10 +99,8 @@ def apply(
         checkpoint = stored.get(projection.name, 0)
         if first - 1 <= checkpoint < last:
             todo = events[bisect.bisect_right(positions, checkpoint) :]
-            fold = projection.apply_batch
-            if projection.name in one_pass:
-                fold = getattr(projection, "rebuild_batch", fold)
-            fold(conn, todo)
+            folder = one_pass.get(projection.name) if one_pass else None
+            (projection if folder is None else folder).apply_batch(conn, todo)
             saved.append((projection.name, last, now))
             checkpoint = last
         reached[projection.name] = checkpoint
@@ -124,14 +134,17 @@ def save(conn: SqlConnection, positions: Mapping[str, int]) -> None:
 
 
 def finish_rebuild(
-    conn: SqlConnection, projections: Sequence[Projection], one_pass: Collection[str] = ()
+    conn: SqlConnection,
+    projections: Sequence[Projection],
+    one_pass: Mapping[str, OnePassFold] | None = None,
 ) -> None:
-    """The end of a rebuild: the ``finish_rebuild`` of the projections named in
-    ``one_pass`` that have one, then the ``read_indexes`` of all (which it deferred)."""
+    """The end of a rebuild: :meth:`~projections.runner.OnePassFold.finish` of the folds
+    of ``projections`` in ``one_pass``, then the ``read_indexes`` of all (which it
+    deferred)."""
     for projection in projections:
-        finish = getattr(projection, "finish_rebuild", None)
-        if finish is not None and projection.name in one_pass:
-            finish(conn)
+        folder = one_pass.get(projection.name) if one_pass else None
+        if folder is not None:
+            folder.finish(conn)
     create_read_indexes(conn, projections)
 
 

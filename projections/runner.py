@@ -100,12 +100,9 @@ class Projection(Protocol):
         over its processes (:func:`projections.shadow.plan_shards`).
 
         And it may have a cheaper fold for a one-pass rebuild into a shadow
-        (:meth:`ProjectionRunner.rebuild` with ``one_pass``): ``rebuild_batch(conn,
-        events)``, called instead of :meth:`apply_batch`, may leave out rows that
-        ``finish_rebuild(conn)``, called once at the end, derives from the rows it wrote.
-        After ``finish_rebuild`` the rows must be those :meth:`apply_batch` gives (``postback
-        verify``, whose replay children rebuild in one pass, compares them with the live
-        ones).
+        (:meth:`ProjectionRunner.rebuild` with ``one_pass``): ``one_pass()`` returns a
+        fresh :class:`OnePassFold` for that one rebuild, which folds every batch instead
+        of :meth:`apply_batch` and finishes the rows at the end.
         """
 
     def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
@@ -113,6 +110,26 @@ class Projection(Protocol):
 
     def reset(self, conn: SqlConnection) -> None:
         """Remove every row (or drop the tables: ``schema_sql`` is run again afterwards)."""
+
+
+class OnePassFold(Protocol):
+    """A projection's fold for one one-pass rebuild (``Projection.one_pass()``).
+
+    The runner calls :meth:`apply_batch` for each batch of the log in order, in the
+    batch's transaction, then :meth:`finish` once, in the transaction after the last
+    batch. The fold may keep state in memory from one batch to the next, and may leave
+    out rows (or indexes) that :meth:`finish` derives: nobody reads the database before
+    the rebuild returns, and it is thrown away should the rebuild fail. After
+    :meth:`finish` the rows must be those the projection's ``apply_batch`` gives
+    (``postback verify``, whose replay children rebuild in one pass, compares them with
+    the live ones).
+    """
+
+    def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
+        """Fold ``events`` (consecutive, in position order, after the previous batch)."""
+
+    def finish(self, conn: SqlConnection) -> None:
+        """Complete the rows, once, after the last batch."""
 
 
 class ProjectionStoppedError(RuntimeError):
@@ -197,7 +214,7 @@ class ProjectionRunner:
         self._opened = False
         self._open_lock = asyncio.Lock()
         self._apply_lock = asyncio.Lock()
-        self._one_pass: frozenset[str] = frozenset()  # see rebuild(one_pass=True)
+        self._one_pass: dict[str, OnePassFold] = {}  # see rebuild(one_pass=True)
         self._checkpoints: dict[str, int] = dict.fromkeys(names, 0)
         self._head = 0
         self._advanced = asyncio.Event()
@@ -485,9 +502,8 @@ class ProjectionRunner:
 
         ``one_pass``: the database is a shadow that nobody reads before this returns, and
         that is thrown away should it fail (``postback rebuild``'s children). A
-        projection with ``rebuild_batch`` then folds with it, and its ``finish_rebuild``
-        completes its rows at the end (see :class:`Projection`). Not with :meth:`run`
-        at the same time.
+        projection with ``one_pass()`` then folds with a :class:`OnePassFold` of its
+        own, which completes its rows at the end. Not with :meth:`run` at the same time.
         """
         chosen = [p for p in self._projections if names is None or p.name in names]
         unknown = set(names or ()) - {p.name for p in chosen}
@@ -499,7 +515,7 @@ class ProjectionRunner:
             stored = await database.transaction(reset, notify=True)
             self._checkpoints.update({p.name: stored.get(p.name, 0) for p in chosen})
             if one_pass:
-                self._one_pass = frozenset(p.name for p in chosen)
+                self._one_pass = checkpoints.one_pass_folds(chosen)
         try:
             position = await self.catch_up()
             finish = partial(
@@ -507,7 +523,7 @@ class ProjectionRunner:
             )
             await database.transaction(finish)
         finally:
-            self._one_pass = frozenset()
+            self._one_pass = {}
         return position
 
     async def close(self) -> None:

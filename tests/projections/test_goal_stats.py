@@ -21,9 +21,11 @@ from hypothesis import strategies as st
 
 from eventstore.base import NewEvent, RecordedEvent
 from eventstore.sqlite import SQLiteEventStore
-from projections.database import SqlConnection
+from projections.database import SqlConnection, SQLiteProjectionDatabase
 from projections.goal_stats import (
     HOUR_US,
+    ONE_PASS_UNIQUES,
+    GoalStatsOnePass,
     GoalStatsProjection,
     amount_units,
     fact_of,
@@ -102,15 +104,17 @@ def fold(conn: SqlConnection, *batches: Sequence[RecordedEvent]) -> SqlConnectio
     return conn
 
 
-def fold_one_pass(conn: SqlConnection, *batches: Sequence[RecordedEvent]) -> SqlConnection:
-    """Fold as a one-pass rebuild does: ``rebuild_batch`` per batch, ``finish_rebuild``
-    in a transaction of its own."""
-    projection = GoalStatsProjection()
+def fold_one_pass(
+    conn: SqlConnection, *batches: Sequence[RecordedEvent], uniques: int = ONE_PASS_UNIQUES
+) -> SqlConnection:
+    """Fold as a one-pass rebuild does: its fold's ``apply_batch`` per batch, ``finish`` in
+    a transaction of its own; the hours in memory up to ``uniques``, in SQL beyond."""
+    folder = GoalStatsOnePass(uniques)
     for batch in batches:
         with transaction(conn):
-            projection.rebuild_batch(conn, batch)
+            folder.apply_batch(conn, batch)
     with transaction(conn):
-        projection.finish_rebuild(conn)
+        folder.finish(conn)
     return conn
 
 
@@ -352,22 +356,31 @@ def facts_per_hour(events: list[RecordedEvent]) -> list[tuple[Any, ...]]:
 
 def test_incremental_equals_rebuild(projection_db: Scope) -> None:
     @examples(PROPERTY_SETTINGS, projection_db, postgres=30)
-    @given(events=goal_logs(), cuts=st.lists(st.integers(0, 100), max_size=8))
-    def check(events: list[RecordedEvent], cuts: list[int]) -> None:
+    @given(
+        events=goal_logs(),
+        cuts=st.lists(st.integers(0, 100), max_size=8),
+        uniques=st.integers(0, 20),
+    )
+    def check(events: list[RecordedEvent], cuts: list[int], uniques: int) -> None:
         with projection_db.child() as scope:
-            incremental_equals_rebuild(scope, events, cuts)
+            incremental_equals_rebuild(scope, events, cuts, uniques)
 
     check()
 
 
-def incremental_equals_rebuild(scope: Scope, events: list[RecordedEvent], cuts: list[int]) -> None:
+def incremental_equals_rebuild(
+    scope: Scope, events: list[RecordedEvent], cuts: list[int], uniques: int
+) -> None:
     whole = fold(new_db(scope.connect()), events)
     pieces = fold(new_db(scope.connect()), *split(events, cuts))
     assert facts(pieces) == facts(whole)
     assert hourly(pieces) == hourly(whole) == facts_per_hour(events)
-    one_pass = fold_one_pass(new_db(scope.connect()), *split(events, cuts))
-    assert facts(one_pass) == facts(whole)
-    assert hourly(one_pass) == hourly(whole)
+    # One pass, the hours in memory; and with a tally that outgrows its bound after
+    # ``uniques`` (often at once, or midway), the hours from the facts in SQL.
+    for bound in (ONE_PASS_UNIQUES, uniques):
+        one_pass = fold_one_pass(new_db(scope.connect()), *split(events, cuts), uniques=bound)
+        assert facts(one_pass) == facts(whole)
+        assert hourly(one_pass) == hourly(whole)
     totals = query_stats(pieces, account_id=None, group_by=["goal"])
     for row in totals:
         amounts = [
@@ -406,6 +419,17 @@ async def test_runner_folds_the_log_and_queries_on_its_reader(
     assert await runner.query(stats) == rows
     assert await runner.rebuild(one_pass=True) == 5
     assert await runner.query(stats) == rows
+
+    def indexes(conn: SqlConnection) -> set[str]:
+        if isinstance(runner.database, SQLiteProjectionDatabase):
+            sql = "SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = ?"
+        else:
+            sql = "SELECT indexname FROM pg_indexes WHERE tablename = ?"
+            sql += " AND schemaname = current_schema()"
+        return {name for (name,) in conn.execute(sql, ("goal_facts",))}
+
+    # The one-pass fold drops the index apply_batch reads, and builds it at the end.
+    assert "goal_facts_subscriber" in await runner.query(indexes)
     # Then on, batch by batch as always.
     await store.append("subscriber-3", [reached(3, "dep", "0.7"), reached(1, "dep", "1")])
     await runner.catch_up()

@@ -398,27 +398,39 @@ async def test_a_rebuild_creates_read_indexes_once_caught_up(
 
 
 class OnePass(Recording):
-    """A :class:`Recording` with a one-pass fold that records its calls (and what the
-    table held when ``finish_rebuild`` came)."""
+    """A :class:`Recording` with a one-pass fold (:class:`Fold`) that records its calls
+    (and what the table held when ``finish`` came)."""
 
     def __init__(self) -> None:
         super().__init__("one_pass")
         self.folds: list[tuple[str, list[int]]] = []
+        self.made = 0
 
     def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
         self.folds.append(("apply", [event.position for event in events]))
         super().apply_batch(conn, events)
 
-    def rebuild_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
-        self.folds.append(("rebuild", [event.position for event in events]))
-        super().apply_batch(conn, events)
+    def one_pass(self) -> Fold:
+        self.made += 1
+        return Fold(self, self.made)
 
-    def finish_rebuild(self, conn: SqlConnection) -> None:
+
+class Fold:
+    """The fold of one one-pass rebuild of :class:`OnePass`, named by its number."""
+
+    def __init__(self, projection: OnePass, number: int) -> None:
+        self.projection, self.number = projection, number
+
+    def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
+        self.projection.folds.append((f"fold {self.number}", [e.position for e in events]))
+        Recording.apply_batch(self.projection, conn, events)
+
+    def finish(self, conn: SqlConnection) -> None:
         (count,) = conn.execute("SELECT COUNT(*) FROM one_pass").fetchone()
-        self.folds.append(("finish", [int(count)]))
+        self.projection.folds.append((f"finish {self.number}", [int(count)]))
 
 
-async def test_a_one_pass_rebuild_folds_with_rebuild_batch_then_finishes_once(
+async def test_a_one_pass_rebuild_folds_with_a_fold_of_its_own_then_finishes_once(
     store: SQLiteEventStore, make_runner: RunnerFactory
 ) -> None:
     await append_n(store, 5)
@@ -426,10 +438,10 @@ async def test_a_one_pass_rebuild_folds_with_rebuild_batch_then_finishes_once(
     runner = make_runner([projection, plain], batch_size=2)
     assert await runner.rebuild(one_pass=True) == 5
     assert projection.folds == [
-        ("rebuild", [1, 2]),
-        ("rebuild", [3, 4]),
-        ("rebuild", [5]),
-        ("finish", [5]),  # in the transaction after the last batch
+        ("fold 1", [1, 2]),
+        ("fold 1", [3, 4]),
+        ("fold 1", [5]),
+        ("finish 1", [5]),  # in the transaction after the last batch
     ]
     assert plain.calls == [[1, 2], [3, 4], [5]]  # none of its own: apply_batch
     # Afterwards, and in a rebuild that is not one pass, apply_batch as always.
@@ -444,3 +456,12 @@ async def test_a_one_pass_rebuild_folds_with_rebuild_batch_then_finishes_once(
         ("apply", [5, 6]),
     ]
     assert [row[0] for row in await recorded(runner, "one_pass")] == [1, 2, 3, 4, 5, 6]
+    # Each one-pass rebuild has a fold of its own.
+    projection.folds.clear()
+    assert await runner.rebuild(one_pass=True) == 6
+    assert projection.folds == [
+        ("fold 2", [1, 2]),
+        ("fold 2", [3, 4]),
+        ("fold 2", [5, 6]),
+        ("finish 2", [6]),
+    ]
