@@ -18,17 +18,12 @@ import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import orjson
 
 from eventstore.base import (
     AppendResult,
     ExpectedVersion,
     NewEvent,
-    RecordedEvent,
     StreamState,
-    Upcasters,
 )
 from eventstore.chain import encode_json
 from eventstore.errors import (
@@ -205,19 +200,6 @@ def batch_size(pending: Sequence[AppendRequest], max_events: int) -> int:
         taken += len(request.events)
         count += 1
     return count
-
-
-def decode_row(row: Sequence[Any], upcasters: Upcasters | None) -> RecordedEvent:
-    """A stored row (position, stream, version, event id bytes, type, schema version, data,
-    metadata, recorded µs, hash), as both backends select it, as a RecordedEvent (whose
-    id, metadata and time are decoded when first used)."""
-    position, stream, version, event_id, type_, schema_version, data, meta, us, hash_ = row
-    decoded = orjson.loads(data)
-    if upcasters is not None:
-        schema_version, decoded = upcasters.upcast(type_, schema_version, decoded)
-    return RecordedEvent.stored(  # positional: a call with keywords costs more, per event
-        position, stream, version, event_id, type_, schema_version, decoded, meta, us, hash_
-    )
 
 
 def settle(waiters: Sequence[asyncio.Future[AppendResult]], outcomes: Sequence[Outcome]) -> int:

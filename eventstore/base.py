@@ -457,8 +457,15 @@ class EventStore(abc.ABC):
         """The version of the stream's last event, 0 when it has none."""
 
     @abc.abstractmethod
-    async def read_all(self, after: int = 0, limit: int = 1000) -> list[RecordedEvent]:
-        """At most ``limit`` events with a position greater than ``after``, in order."""
+    async def read_all(
+        self, after: int = 0, limit: int = 1000, *, leave_out: Collection[str] = ()
+    ) -> list[RecordedEvent]:
+        """At most ``limit`` events with a position greater than ``after``, in order.
+
+        ``leave_out``: fields among ``stream``, ``metadata`` and ``hash`` that the caller
+        never reads, which the backend then does not read either; an event read without
+        them has ``""`` as its stream, ``{}`` as its metadata and ``b""`` as its hash
+        (:mod:`eventstore.reading`). ValueError for any other field."""
 
     async def iter_all(
         self, after: int = 0, batch_size: int = 1000, until: int | None = None

@@ -39,13 +39,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import uuid
 from collections.abc import AsyncIterator, Collection, Sequence
 
 from eventstore.appending import (
     AppendRequest,
     check_expected_version,
-    decode_row,
     encode_events,
     utf8,
 )
@@ -76,12 +76,11 @@ from eventstore.postgres_import import import_events
 from eventstore.postgres_listen import Listener, channel_for
 from eventstore.postgres_schema import current_schema, migrate
 from eventstore.postgres_writer import BatchObserver, Durability, Writer, connect_writer
+from eventstore.reading import EVENT_COLUMNS, decode_rows, select_events
 
-_COLUMNS = (
-    "e.position, s.name, e.version, e.event_id, e.type, e.schema_version,"
-    " e.data, e.metadata, e.recorded_us, e.hash"
-)
-_SELECT_EVENTS = f"SELECT {_COLUMNS} FROM events e JOIN streams s ON s.stream_id = e.stream_id"
+_NO_METADATA = "'{}'::bytea"
+_NO_HASH = "''::bytea"
+_SELECT_EVENTS = select_events((), no_metadata=_NO_METADATA, no_hash=_NO_HASH)
 _VERIFY_BATCH = 10_000
 _CLOSE_TIMEOUT = 10.0
 
@@ -259,7 +258,7 @@ class PostgresEventStore(EventStore):
         self._check_open()
         with translated():
             rows = await self._pool.fetch(sql, *args)
-        return [decode_row(row, self._upcasters) for row in rows]
+        return decode_rows(rows, self._upcasters)
 
     async def read_stream(
         self, stream: str, from_version: int = 1, limit: int | None = None
@@ -284,9 +283,12 @@ class PostgresEventStore(EventStore):
             )
         return int(version or 0)
 
-    async def read_all(self, after: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+    async def read_all(
+        self, after: int = 0, limit: int = 1000, *, leave_out: Collection[str] = ()
+    ) -> list[RecordedEvent]:
+        select = _select_without(frozenset(leave_out)) if leave_out else _SELECT_EVENTS
         return await self._fetch(
-            f"{_SELECT_EVENTS} WHERE e.position > $1 ORDER BY e.position LIMIT $2", after, limit
+            f"{select} WHERE e.position > $1 ORDER BY e.position LIMIT $2", after, limit
         )
 
     async def get_event(self, event_id: uuid.UUID) -> RecordedEvent | None:
@@ -357,13 +359,18 @@ class PostgresEventStore(EventStore):
                 self._pool.terminate()
 
 
+@functools.cache
+def _select_without(leave_out: frozenset[str]) -> str:
+    return select_events(leave_out, no_metadata=_NO_METADATA, no_hash=_NO_HASH)
+
+
 async def _verify(conn: Connection, anchor: tuple[int, bytes] | None) -> VerifyReport:
     verifier = ChainVerifier(anchor)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         after = 0
         while verifier.finding is None:
             rows = await conn.fetch(
-                f"SELECT {_COLUMNS} FROM events e"
+                f"SELECT {EVENT_COLUMNS} FROM events e"
                 " LEFT JOIN streams s ON s.stream_id = e.stream_id"
                 " WHERE e.position > $1 ORDER BY e.position LIMIT $2",
                 after,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import sqlite3
 import time
@@ -36,7 +37,6 @@ from eventstore.appending import (
     Outcome,
     batch_size,
     check_expected_version,
-    decode_row,
     encode_events,
     settle,
     utf8,
@@ -60,6 +60,7 @@ from eventstore.errors import (
     StoreClosedError,
     StoreUnavailableError,
 )
+from eventstore.reading import EVENT_COLUMNS, decode_rows, select_events
 from eventstore.sqlite_batch import STREAM_VERSION, WriterCache, commit_batch
 from eventstore.sqlite_schema import migrate
 
@@ -67,11 +68,7 @@ T = TypeVar("T")
 Durability = Literal["full", "normal"]
 BatchObserver = Callable[[int, float], None]
 
-_SELECT_EVENTS = (
-    "SELECT e.position, s.name, e.version, e.event_id, e.type, e.schema_version,"
-    " e.data, e.metadata, e.recorded_us, e.hash"
-    " FROM events e JOIN streams s ON s.stream_id = e.stream_id"
-)
+_SELECT_EVENTS = select_events((), no_metadata="'{}'", no_hash="x''")
 _VERIFY_BATCH = 10_000
 _READ_AT_CHUNK = 500
 _INLINE_ROWS: Final = 64
@@ -324,8 +321,7 @@ class SQLiteEventStore(EventStore):
         self, sql: str, params: Sequence[object], *, small: bool = False
     ) -> list[RecordedEvent]:
         """The events ``sql`` selects; inline first when the caller expects few (``small``)."""
-        rows = await self._rows(sql, params, small=small)
-        return [decode_row(row, self._upcasters) for row in rows]
+        return decode_rows(await self._rows(sql, params, small=small), self._upcasters)
 
     async def _rows(self, sql: str, params: Sequence[object], *, small: bool) -> list[Any]:
         self._check_open()
@@ -369,9 +365,12 @@ class SQLiteEventStore(EventStore):
         )
         return int(row[0]) if row else 0
 
-    async def read_all(self, after: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+    async def read_all(
+        self, after: int = 0, limit: int = 1000, *, leave_out: Collection[str] = ()
+    ) -> list[RecordedEvent]:
+        select = _select_without(frozenset(leave_out)) if leave_out else _SELECT_EVENTS
         return await self._fetch(
-            f"{_SELECT_EVENTS} WHERE e.position > ? ORDER BY e.position LIMIT ?", (after, limit)
+            f"{select} WHERE e.position > ? ORDER BY e.position LIMIT ?", (after, limit)
         )
 
     async def get_event(self, event_id: uuid.UUID) -> RecordedEvent | None:
@@ -477,6 +476,11 @@ class SQLiteEventStore(EventStore):
             await self._reader.close()
 
 
+@functools.cache
+def _select_without(leave_out: frozenset[str]) -> str:
+    return select_events(leave_out, no_metadata="'{}'", no_hash="x''")
+
+
 def _fetch_all(conn: sqlite3.Connection, sql: str, params: Sequence[object]) -> list[Any]:
     return conn.execute(sql, params).fetchall()
 
@@ -506,8 +510,7 @@ def _verify(conn: sqlite3.Connection, anchor: tuple[int, bytes] | None) -> Verif
         after = 0
         while verifier.finding is None:
             rows = conn.execute(
-                "SELECT e.position, s.name, e.version, e.event_id, e.type, e.schema_version,"
-                " e.data, e.metadata, e.recorded_us, e.hash"
+                f"SELECT {EVENT_COLUMNS}"
                 " FROM events e LEFT JOIN streams s ON s.stream_id = e.stream_id"
                 " WHERE e.position > ? ORDER BY e.position LIMIT ?",
                 (after, _VERIFY_BATCH),

@@ -69,14 +69,16 @@ class LogView:
             self._on_head(position)
         return position
 
-    async def read_all(self, after: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+    async def read_all(
+        self, after: int = 0, limit: int = 1000, *, leave_out: Collection[str] = ()
+    ) -> list[RecordedEvent]:
         if self._on_progress is not None:
             self._on_progress(after, max(self.head, after))
         if self._until is not None:
             limit = min(limit, self._until - after)
             if limit <= 0:
                 return []
-        batch = await self._store.read_all(after, limit)
+        batch = await self._store.read_all(after, limit, leave_out=leave_out)
         if self._until is not None and batch and batch[-1].position > self._until:
             # The log's positions may have gaps (PostgreSQL): what lies past ``until``.
             batch = [event for event in batch if event.position <= self._until]

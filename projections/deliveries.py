@@ -406,6 +406,7 @@ class DeliveriesProjection:
     name = "deliveries"
     rebuild_weight = 1.9  # seconds per million events of bench/rebuild.py's log
     schema_sql: Sequence[str] = SCHEMA_SQL
+    reads_event_fields: frozenset[str] = frozenset()  # no stream, metadata or hash
 
     def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
         fold = _Fold(conn, events)

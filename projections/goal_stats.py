@@ -312,6 +312,7 @@ class GoalStatsProjection:
     rebuild_weight = 4.7  # seconds per million events of bench/rebuild.py's log
     schema_sql: Sequence[str] = SCHEMA_SQL
     read_indexes: Sequence[str] = READ_INDEXES
+    reads_event_fields: frozenset[str] = frozenset()  # no stream, metadata or hash
 
     def one_pass(self) -> GoalStatsOnePass:
         """The fold of a one-pass rebuild (see :class:`GoalStatsOnePass`)."""

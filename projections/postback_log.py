@@ -198,6 +198,7 @@ class PostbackLogProjection:
     rebuild_weight = 3.6  # seconds per million events of bench/rebuild.py's log
     schema_sql: Sequence[str] = SCHEMA_SQL
     read_indexes: Sequence[str] = READ_INDEXES
+    reads_event_fields = frozenset({"metadata"})  # the request: not its stream, nor its hash
 
     def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
         rows = [row for row in map(row_of, events) if row is not None]

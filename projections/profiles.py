@@ -82,6 +82,7 @@ class ProfilesProjection:
     name = "profiles"
     rebuild_weight = 1.7  # seconds per million events of bench/rebuild.py's log
     schema_sql: Sequence[str] = SCHEMA_SQL
+    reads_event_fields = frozenset({"stream"})  # subscriber_of: the stream's name
 
     def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
         todo = [

@@ -50,12 +50,13 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from functools import partial
 from typing import Protocol, TypeVar
 
 from eventstore.base import EventStore, RecordedEvent
 from eventstore.errors import StoreUnavailableError
+from eventstore.reading import LEAVABLE
 from projections import checkpoints
 from projections.database import ProjectionDatabase, SqlConnection, SQLiteProjectionDatabase
 
@@ -99,6 +100,10 @@ class Projection(Protocol):
         number, 1.0 if absent), by which ``postback rebuild`` balances the projections
         over its processes (:func:`projections.shadow.plan_shards`).
 
+        And ``reads_event_fields``: which of the events' ``stream``, ``metadata`` and
+        ``hash`` its folds read (all three if absent). The runner asks the log to leave
+        out those that none of its projections read (:mod:`eventstore.reading`).
+
         And it may have a cheaper fold for a one-pass rebuild into a shadow
         (:meth:`ProjectionRunner.rebuild` with ``one_pass``): ``one_pass()`` returns a
         fresh :class:`OnePassFold` for that one rebuild, which folds every batch instead
@@ -130,6 +135,18 @@ class OnePassFold(Protocol):
 
     def finish(self, conn: SqlConnection) -> None:
         """Complete the rows, once, after the last batch."""
+
+
+def fields_left_out(projections: Sequence[Projection]) -> frozenset[str]:
+    """The fields of :data:`~eventstore.reading.LEAVABLE` that none of ``projections``
+    reads (by their ``reads_event_fields``; one without it reads them all)."""
+    read: set[str] = set()
+    for projection in projections:
+        fields: Collection[str] | None = getattr(projection, "reads_event_fields", None)
+        if fields is None:
+            return frozenset()
+        read.update(fields)
+    return LEAVABLE - read
 
 
 class ProjectionStoppedError(RuntimeError):
@@ -200,6 +217,7 @@ class ProjectionRunner:
         self._store = store
         self._database = database if database is not None else _default_database(store, path)
         self._projections = tuple(projections)
+        self._left_out = fields_left_out(projections)
         self._names = tuple(names)
         self._batch_size = batch_size
         self._idle_timeout = idle_timeout
@@ -313,7 +331,9 @@ class ProjectionRunner:
             self._head = max(self._head, await self._store.last_position())
             while True:
                 after = self.position
-                batch = await self._store.read_all(after, self._batch_size)
+                batch = await self._store.read_all(
+                    after, self._batch_size, leave_out=self._left_out
+                )
                 if not batch:
                     return after
                 # All of them: apply() skips those whose stored checkpoint is past the batch.

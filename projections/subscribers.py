@@ -203,6 +203,7 @@ class SubscribersProjection:
     name = "subscribers"
     rebuild_weight = 3.7  # seconds per million events of bench/rebuild.py's log
     schema_sql: Sequence[str] = SCHEMA_SQL
+    reads_event_fields = frozenset({"stream"})  # the subscriber's id is in its stream's name
 
     def apply_batch(self, conn: SqlConnection, events: Sequence[RecordedEvent]) -> None:
         todo = [

@@ -413,6 +413,28 @@ async def test_read_all_after_and_limit(store: EventStore) -> None:
     assert await store.read_all(after=99) == []
 
 
+@pytest.mark.parametrize(
+    "leave_out", [{"stream"}, {"metadata"}, {"hash"}, {"stream", "metadata", "hash"}]
+)
+async def test_read_all_leaves_out_the_fields_asked(store: EventStore, leave_out: set[str]) -> None:
+    await store.append("a", [new(i=1), NewEvent("Paid", {"i": 2}, {"request": "x"})])
+    await store.append("b", [NewEvent("Paid", {"i": 3}, {"request": "y"})])
+    everything = await store.read_all()
+    lean = await store.read_all(1, 5, leave_out=leave_out)
+    assert [e.position for e in lean] == [2, 3]
+    for full, event in zip(everything[1:], lean, strict=True):
+        assert event.stream == ("" if "stream" in leave_out else full.stream)
+        assert event.metadata == ({} if "metadata" in leave_out else full.metadata)
+        assert event.hash == (b"" if "hash" in leave_out else full.hash)
+        fields = ("position", "version", "event_id", "type", "schema_version", "data")
+        assert [getattr(event, f) for f in fields] == [getattr(full, f) for f in fields]
+        assert (event.recorded_at, event.recorded_us) == (full.recorded_at, full.recorded_us)
+        assert event != full
+    assert await store.read_all(0, 5, leave_out=()) == everything
+    with pytest.raises(ValueError, match="data"):
+        await store.read_all(leave_out={"data"})
+
+
 async def test_read_all_default_limit_is_1000(store: EventStore) -> None:
     await store.append("big", [new(i=i) for i in range(1003)])
     first = await store.read_all()

@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from eventstore.appending import decode_row
 from eventstore.base import RecordedEvent, micros_from_utc
+from eventstore.reading import decode_row
 
 EVENT_ID = uuid.UUID("12345678-1234-5678-1234-567812345678")
 AT = datetime(2026, 11, 24, 12, 30, 15, 123456, tzinfo=UTC)

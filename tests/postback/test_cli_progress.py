@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
@@ -32,7 +33,9 @@ class GappedLog:
     def __init__(self, positions: list[int]) -> None:
         self.events = [recorded(position) for position in positions]
 
-    async def read_all(self, after: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+    async def read_all(
+        self, after: int = 0, limit: int = 1000, *, leave_out: Collection[str] = ()
+    ) -> list[RecordedEvent]:
         return [e for e in self.events if e.position > after][:limit]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from typing import Any, cast
 
 import pytest
@@ -44,11 +45,13 @@ class GatedStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    async def read_all(self, after: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+    async def read_all(
+        self, after: int = 0, limit: int = 1000, *, leave_out: Collection[str] = ()
+    ) -> list[RecordedEvent]:
         if after >= self.until:
             self.blocked.set()
             await self.gate.wait()
-        return await self._store.read_all(after, limit)
+        return await self._store.read_all(after, limit, leave_out=leave_out)
 
 
 async def _one_sent_message(service: Service, receiver: Receiver) -> tuple[World, int]:

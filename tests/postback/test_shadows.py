@@ -18,7 +18,7 @@ from projections.catalog import all_projections
 from projections.runner import Projection
 from projections.shadow import TablesBusyError
 from tests import pg
-from tests.projections.test_shadow import _fill
+from tests.projections.helpers import fill_service_log
 from tests.projections.test_shadow_postgres import _build, _shadows
 
 Shards = list[tuple[str, list[Projection]]]
@@ -31,7 +31,7 @@ async def built(pg_schema: str, tmp_path: Path) -> AsyncIterator[tuple[int, Shar
     async with pg.schemas_beside(pg_schema, 2) as names:
         store = await SQLiteEventStore.open(tmp_path / "events.db", poll_interval=None)
         try:
-            head = await _fill(store)
+            head = await fill_service_log(store)
             await _build(store, pg_schema, all_projections())
             yield head, await _shadows(store, names)
         finally:

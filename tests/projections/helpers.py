@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from eventstore.base import NewEvent, RecordedEvent
+from eventstore.base import EventStore, NewEvent, RecordedEvent
 from projections.database import SqlConnection
 from projections.runner import ProjectionRunner
 
@@ -119,3 +119,50 @@ def rejected(account_id: int | None, meta: dict[str, Any]) -> NewEvent:
         {"account_id": account_id, "status": status, "code": "unknown", "error": "no"},
         meta,
     )
+
+
+def service_events(subscriber: int, account: int) -> list[NewEvent]:
+    """What the service records for one subscriber: created, a contact, goals (a custom
+    one with an amount), a player id; every event with its request in the metadata."""
+    base = {"subscriber_id": subscriber, "account_id": account, "spot_id": account}
+    meta = postback_meta(clickid=f"C{subscriber}")
+
+    def goal(name: str, amount: str | None) -> NewEvent:
+        data = {**base, "goal": name, "standard": name != "vip", "amount": amount, "txid": None}
+        return NewEvent("GoalReached", data, postback_meta(clickid=f"C{subscriber}", goal=name))
+
+    return [
+        NewEvent(
+            "SubscriberCreated",
+            {
+                **base,
+                "spot_token": f"spot-{account}",
+                "user_id": str(7000 + subscriber),
+                "clickid": f"C{subscriber}",
+                "fbclid": None,
+                "fbp": None,
+            },
+        ),
+        NewEvent("ContactRecorded", {**base, "user_id": str(7000 + subscriber)}, meta),
+        goal("reg", None),
+        goal("dep", "100.10"),
+        NewEvent("PlayerIdAssigned", {**base, "player_id": f"P{subscriber}"}, meta),
+        goal("redep", "0.2"),
+        goal("vip", "1"),
+    ]
+
+
+async def fill_service_log(store: EventStore) -> int:
+    """Six subscribers of two accounts (:func:`service_events`) and a rejected postback;
+    the position of the last event."""
+    for subscriber in range(1, 7):
+        await store.append(
+            f"subscriber-{subscriber}", service_events(subscriber, subscriber % 2 + 1)
+        )
+    rejected = NewEvent(
+        "PostbackRejected",
+        {"account_id": None, "status": 404, "code": "unknown", "error": "no"},
+        postback_meta(status=404, clickid="nobody"),
+    )
+    result = await store.append("postback-log", [rejected])
+    return result.last_position

@@ -9,16 +9,31 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Sequence
+from typing import Any, cast
 
 import pytest
 
 from eventstore.base import NewEvent, RecordedEvent
 from eventstore.errors import EventStoreError, StoreUnavailableError
 from eventstore.sqlite import SQLiteEventStore
+from projections.catalog import all_projections
 from projections.database import SqlConnection, SQLiteProjectionDatabase, dialect_of
-from projections.runner import ProjectionRunner, ProjectionStoppedError
+from projections.runner import (
+    Projection,
+    ProjectionRunner,
+    ProjectionStoppedError,
+    fields_left_out,
+)
+from projections.verify import compare_databases, format_report, owned_tables
 from tests.projections.conftest import RunnerFactory
-from tests.projections.helpers import Boom, Recording, event, recorded, stored_checkpoints
+from tests.projections.helpers import (
+    Boom,
+    Recording,
+    event,
+    fill_service_log,
+    recorded,
+    stored_checkpoints,
+)
 
 
 async def append_n(store: SQLiteEventStore, n: int, stream: str = "s") -> int:
@@ -465,3 +480,58 @@ async def test_a_one_pass_rebuild_folds_with_a_fold_of_its_own_then_finishes_onc
         ("fold 2", [5, 6]),
         ("finish 2", [6]),
     ]
+
+
+# -- the fields the runner leaves out ----------------------------------------------------------
+
+
+class ReadsAll:
+    """A projection as it is, but declaring nothing of what it reads: its runner reads
+    every field of the events."""
+
+    reads_event_fields = None
+
+    def __init__(self, projection: Projection) -> None:
+        self._projection = projection
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._projection, name)
+
+
+LEFT_OUT = {
+    "postback_index": {"stream", "hash"},
+    "goal_stats": {"stream", "metadata", "hash"},
+    "subscribers": {"metadata", "hash"},
+    "profiles": {"metadata", "hash"},
+    "deliveries": {"stream", "metadata", "hash"},
+}
+
+
+def test_every_projection_declares_what_it_reads() -> None:
+    assert {p.name: fields_left_out([p]) for p in all_projections()} == LEFT_OUT
+    assert fields_left_out(all_projections()) == {"hash"}
+    assert fields_left_out([*all_projections(), Recording()]) == set()  # it declares nothing
+
+
+@pytest.mark.parametrize("name", sorted(LEFT_OUT))
+async def test_a_projection_read_without_what_it_leaves_out_has_the_same_rows(
+    store: SQLiteEventStore, make_runner: RunnerFactory, name: str
+) -> None:
+    """Each projection alone, its runner leaving out what it declares unread, against
+    the same projection read with every field: a declaration that leaves out too much
+    shows here (on the service's kinds of events)."""
+    head = await fill_service_log(store)
+    [lean_projection] = [p for p in all_projections() if p.name == name]
+    [full_projection] = [p for p in all_projections() if p.name == name]
+    lean = make_runner([lean_projection], batch_size=4)
+    full = make_runner([cast(Projection, ReadsAll(full_projection))], place="fresh")
+    assert await lean.catch_up() == await full.catch_up() == head
+    await lean.rebuild(one_pass=True)
+    diffs = await compare_databases(lean.database, full.database, [lean_projection])
+    assert all(diff.ok for diff in diffs), format_report(diffs)
+
+    def rows(conn: SqlConnection) -> int:
+        tables = owned_tables(lean_projection)
+        return sum(conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables)
+
+    assert await lean.query(rows) > 0  # compared with something

@@ -14,14 +14,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventstore.base import NewEvent, RecordedEvent
+from eventstore.base import RecordedEvent
 from eventstore.sqlite import SQLiteEventStore
 from projections.catalog import all_projections
 from projections.database import SqlConnection, SQLiteProjectionDatabase
 from projections.runner import Projection, ProjectionRunner
 from projections.shadow import plan_shards, rebuild_weight, swap_in
 from projections.verify import compare_databases, format_report, owned_tables
-from tests.projections.helpers import postback_meta
+from tests.projections.helpers import fill_service_log, service_events
 
 # -- plan_shards --------------------------------------------------------------------------------
 
@@ -96,47 +96,6 @@ def test_every_projection_lands_in_exactly_one_group(weights: list[int], jobs: i
 # -- swap_in ------------------------------------------------------------------------------------
 
 
-def _log_events(subscriber: int, account: int) -> list[NewEvent]:
-    base = {"subscriber_id": subscriber, "account_id": account, "spot_id": account}
-    meta = postback_meta(clickid=f"C{subscriber}")
-
-    def goal(name: str, amount: str | None) -> NewEvent:
-        data = {**base, "goal": name, "standard": name != "vip", "amount": amount, "txid": None}
-        return NewEvent("GoalReached", data, postback_meta(clickid=f"C{subscriber}", goal=name))
-
-    return [
-        NewEvent(
-            "SubscriberCreated",
-            {
-                **base,
-                "spot_token": f"spot-{account}",
-                "user_id": str(7000 + subscriber),
-                "clickid": f"C{subscriber}",
-                "fbclid": None,
-                "fbp": None,
-            },
-        ),
-        NewEvent("ContactRecorded", {**base, "user_id": str(7000 + subscriber)}, meta),
-        goal("reg", None),
-        goal("dep", "100.10"),
-        NewEvent("PlayerIdAssigned", {**base, "player_id": f"P{subscriber}"}, meta),
-        goal("redep", "0.2"),
-        goal("vip", "1"),
-    ]
-
-
-async def _fill(store: SQLiteEventStore) -> int:
-    for subscriber in range(1, 7):
-        await store.append(f"subscriber-{subscriber}", _log_events(subscriber, subscriber % 2 + 1))
-    rejected = NewEvent(
-        "PostbackRejected",
-        {"account_id": None, "status": 404, "code": "unknown", "error": "no"},
-        postback_meta(status=404, clickid="nobody"),
-    )
-    result = await store.append("postback-log", [rejected])
-    return result.last_position
-
-
 async def _build(
     store: SQLiteEventStore,
     path: Path,
@@ -184,7 +143,7 @@ async def _same_as_a_fresh_replay(store: SQLiteEventStore, live: Path, tmp_path:
 async def _live_file(store: SQLiteEventStore, tmp_path: Path) -> tuple[Path, int]:
     """The log filled, and live projections of it all in ``live.db``: the file and the
     log's head."""
-    head = await _fill(store)
+    head = await fill_service_log(store)
     live = tmp_path / "live.db"
     await _build(store, live, all_projections(), until=head)
     return live, head
@@ -234,7 +193,7 @@ async def test_swap_into_a_new_file_leaves_the_shadows_whole(
 ) -> None:
     # With the shadows attached, an unqualified DROP of a table the live file lacks would
     # drop the shadow's: the swap creates the live tables before it attaches anything.
-    head = await _fill(store)
+    head = await fill_service_log(store)
     shards = await _shadows(store, tmp_path, head)
     before = {
         (path, table): _rows(Path(path), table)
@@ -307,7 +266,7 @@ async def test_a_swap_of_every_table_replaces_the_file_under_its_readers(
             assert every <= {row[0] for row in conn.execute("SELECT name FROM sqlite_schema")}
         assert reader.execute("PRAGMA freelist_count").fetchone() == (0,)
         # The open runner reads the new schema and goes on from the swapped checkpoints.
-        await store.append("subscriber-9", _log_events(9, 1))
+        await store.append("subscriber-9", service_events(9, 1))
         await runner.catch_up()
         await _same_as_a_fresh_replay(store, live, tmp_path)
     finally:
@@ -351,7 +310,7 @@ async def test_a_file_of_another_page_size_is_swapped_table_by_table(
     store: SQLiteEventStore, tmp_path: Path
 ) -> None:
     # SQLite's backup cannot copy pages into a file in WAL mode whose pages differ.
-    head = await _fill(store)
+    head = await fill_service_log(store)
     live = tmp_path / "live.db"
     with sqlite3.connect(live) as conn:
         conn.execute("PRAGMA page_size = 1024")

@@ -20,7 +20,7 @@ from projections.runner import Projection, ProjectionRunner
 from projections.shadow import TablesBusyError, lock_for_reading, plan_shards, swap_schemas
 from projections.verify import compare_databases, format_report, owned_tables
 from tests import pg
-from tests.projections.test_shadow import _fill
+from tests.projections.helpers import fill_service_log
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ async def _shadows(
 async def test_swap_moves_the_shadows_tables_in(
     store: SQLiteEventStore, pg_schema: str, shadow_schemas: list[str], tmp_path: Path
 ) -> None:
-    head = await _fill(store)
+    head = await fill_service_log(store)
     await _build(store, pg_schema, all_projections())
     await _sql(pg_schema, "UPDATE goal_stats_hourly SET count = count + 5 RETURNING 1")
     await _sql(pg_schema, "DELETE FROM subscribers WHERE subscriber_id = 3 RETURNING 1")
@@ -114,7 +114,7 @@ async def test_swap_moves_the_shadows_tables_in(
 async def test_a_failed_swap_changes_nothing(
     store: SQLiteEventStore, pg_schema: str, shadow_schemas: list[str]
 ) -> None:
-    await _fill(store)
+    await fill_service_log(store)
     await _build(store, pg_schema, all_projections())
     await _sql(pg_schema, "UPDATE goal_stats_hourly SET count = count + 5 RETURNING 1")
     before = await _state(pg_schema)
@@ -139,7 +139,7 @@ async def test_a_swap_never_waits_for_a_reader(
 ) -> None:
     """A session reading a live table (here: an open transaction) makes the swap fail at
     once, having changed nothing and blocked no one; once it is gone, the swap goes in."""
-    head = await _fill(store)
+    head = await fill_service_log(store)
     await _build(store, pg_schema, all_projections())
     await _sql(pg_schema, "UPDATE goal_stats_hourly SET count = count + 5 RETURNING 1")
     before = await _state(pg_schema)
@@ -161,7 +161,7 @@ async def test_a_swap_never_waits_for_a_reader(
 async def test_a_reader_that_locks_first_keeps_the_swap_out_until_it_ends(
     store: SQLiteEventStore, pg_schema: str, shadow_schemas: list[str]
 ) -> None:
-    await _fill(store)
+    await fill_service_log(store)
     await _build(store, pg_schema, all_projections())
     shards = await _shadows(store, shadow_schemas)
     database = PostgresProjectionDatabase(pg.dsn_for(pg_schema))
