@@ -210,6 +210,56 @@ async def test_swap_into_a_new_file_leaves_the_shadows_whole(
         assert _rows(Path(path), table) == rows
 
 
+@pytest.mark.parametrize("live_file", ["new", "new, being read", "filled"])
+async def test_a_new_file_is_written_straight_while_nobody_reads_it(
+    store: SQLiteEventStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, live_file: str
+) -> None:
+    """Into a file that holds nothing, while no other connection is in a transaction on
+    it, the backup goes with a rollback journal instead of through the write-ahead log
+    (which then had to be copied into the file); in WAL mode again afterwards. Otherwise
+    through the log, as always."""
+    if live_file == "filled":
+        live, head = await _live_file(store, tmp_path)
+    else:
+        head = await fill_service_log(store)
+        live = tmp_path / "new.projections.db"
+    shards = await _shadows(store, tmp_path, head)
+    other = sqlite3.connect(live, isolation_level=None)  # open throughout
+    other.execute("PRAGMA journal_mode = WAL")
+    if live_file == "new, being read":
+        other.execute("BEGIN")
+        other.execute("SELECT * FROM sqlite_schema").fetchall()
+    statements: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = connect(*args, **kwargs)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", traced)
+    try:
+        reached = swap_in(str(live), shards)
+        other.execute("COMMIT" if other.in_transaction else "SELECT 1")
+        # The connection open throughout reads the new rows, in WAL mode.
+        (facts,) = other.execute("SELECT COUNT(*) FROM goal_facts").fetchone()
+        assert facts == len(_rows(live, "goal_facts")) > 0
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        monkeypatch.undo()
+        other.close()
+
+    assert reached == {p.name: head for p in all_projections()}
+    await _same_as_a_fresh_replay(store, live, tmp_path)
+    with sqlite3.connect(live) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    if live_file == "filled":
+        assert "PRAGMA journal_mode = DELETE" not in statements
+    else:
+        after = statements[statements.index("PRAGMA journal_mode = DELETE") + 1 :]
+        assert ("PRAGMA journal_mode = WAL" in after) == (live_file == "new")
+
+
 async def test_a_failed_swap_changes_nothing(store: SQLiteEventStore, tmp_path: Path) -> None:
     live, head = await _live_file(store, tmp_path)
     with sqlite3.connect(live) as conn:
