@@ -56,10 +56,13 @@ def clean(text: str) -> str:
 
 
 def _scalar(name: str, value: Any) -> str | None:
+    """A JSON body's value as the text a query would carry: a string as it is, a number
+    as its digits, ``true`` and ``false`` as those words (so ``"sum": true`` is no amount:
+    400 ``bad_amount``, in the checks' order, as ``?sum=true`` is); null as absent."""
     if value is None:
         return None
     if isinstance(value, bool):
-        return "1" if value else "0"
+        return "true" if value else "false"
     if isinstance(value, str | int | float):
         return clean(str(value))
     raise bad_request("bad_body", f"parameter {name!r} must be a string or a number")

@@ -213,6 +213,26 @@ async def test_json_body_numbers_are_parameters(client: Client, api: Api, world:
     ] == "12.50"
 
 
+@pytest.mark.parametrize("flag", [True, False])
+@pytest.mark.parametrize("field", ["sum", "sumrd"])
+async def test_a_json_boolean_is_no_amount(
+    client: Client, api: Api, world: World, field: str, flag: bool
+) -> None:
+    payload = {"clickid": world.clickid, "goal": "dep", field: flag}
+    status, body = await answer(await client.post("/postback/", json=payload))
+    assert status == 400, body
+    refused(body, "bad_amount")
+    assert (await api.subscriber(world.key, world.subscriber_id))["goals"] == {}
+
+
+async def test_a_json_boolean_goal_is_the_word(client: Client, world: World) -> None:
+    payload = {"clickid": world.clickid, "goal": True}
+    status, body = await answer(await client.post("/postback/", json=payload))
+    assert status == 404, body
+    refused(body, "unknown_goal")
+    assert "'true'" in body["error"]
+
+
 @pytest.mark.parametrize(
     ("content_type", "raw"),
     [
