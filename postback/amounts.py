@@ -8,7 +8,8 @@ from decimal import Decimal, InvalidOperation
 from projections.goal_stats import format_amount
 
 # A plain decimal: optional sign, digits with an optional fraction, optional exponent.
-_DECIMAL = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d{1,3})?")
+# ASCII digits only: Decimal() also reads other scripts' digits ("\u0663" is 3).
+_DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?")
 MAX_INTEGER_DIGITS = 15
 MAX_FRACTION_DIGITS = 8
 
@@ -20,9 +21,10 @@ class AmountError(ValueError):
 def parse_amount(raw: str) -> Decimal:
     """The exact value of a partner's ``sum``; AmountError when it is not a plain number.
 
-    Refused: unreplaced macros (``{sum}``), ``NaN``/``Infinity``, commas, anything with
-    more than 15 integer digits or 8 decimal places (no currency needs more, and bounded
-    values keep exact sums exact).
+    Refused: unreplaced macros (``{sum}``), ``NaN``/``Infinity``, commas, digits other
+    than ASCII's, anything with more than 15 integer digits or 8 decimal places (no
+    currency needs more, and bounded values keep exact sums exact). Surrounding
+    whitespace is ignored, and an exponent (``1e3``) is a decimal number too.
     """
     text = raw.strip()
     if "{" in text or "}" in text:

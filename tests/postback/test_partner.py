@@ -314,6 +314,9 @@ BAD_AMOUNTS = [
     "1 5",
     "$5",
     "5$",
+    "\u0663",  # ARABIC-INDIC DIGIT THREE: a digit to Python's Decimal, not to a tracker
+    "\uff11.50",  # FULLWIDTH DIGIT ONE
+    "1\u0665",
 ]
 
 
