@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import uuid
 from collections.abc import AsyncIterator, Collection, Sequence
 
@@ -76,11 +75,8 @@ from eventstore.postgres_import import import_events
 from eventstore.postgres_listen import Listener, channel_for
 from eventstore.postgres_schema import current_schema, migrate
 from eventstore.postgres_writer import BatchObserver, Durability, Writer, connect_writer
-from eventstore.reading import EVENT_COLUMNS, decode_rows, select_events
+from eventstore.reading import EVENT_COLUMNS, SELECT_EVENTS, decode_rows, lean_reader
 
-_NO_METADATA = "'{}'::bytea"
-_NO_HASH = "''::bytea"
-_SELECT_EVENTS = select_events((), no_metadata=_NO_METADATA, no_hash=_NO_HASH)
 _VERIFY_BATCH = 10_000
 _CLOSE_TIMEOUT = 10.0
 
@@ -241,7 +237,7 @@ class PostgresEventStore(EventStore):
             self._check_open()
             with translated():
                 rows = await self._pool.fetch(
-                    f"{_SELECT_EVENTS} WHERE e.position > $1 ORDER BY e.position LIMIT $2",
+                    f"{SELECT_EVENTS} WHERE e.position > $1 ORDER BY e.position LIMIT $2",
                     after,
                     batch_size,
                 )
@@ -267,7 +263,7 @@ class PostgresEventStore(EventStore):
             self._check_open()
             return []
         return await self._fetch(
-            f"{_SELECT_EVENTS} WHERE s.name = $1 AND e.version >= $2 ORDER BY e.version LIMIT $3",
+            f"{SELECT_EVENTS} WHERE s.name = $1 AND e.version >= $2 ORDER BY e.version LIMIT $3",
             stream,
             from_version,
             limit,
@@ -286,13 +282,16 @@ class PostgresEventStore(EventStore):
     async def read_all(
         self, after: int = 0, limit: int = 1000, *, leave_out: Collection[str] = ()
     ) -> list[RecordedEvent]:
-        select = _select_without(frozenset(leave_out)) if leave_out else _SELECT_EVENTS
-        return await self._fetch(
-            f"{select} WHERE e.position > $1 ORDER BY e.position LIMIT $2", after, limit
-        )
+        reader = lean_reader(leave_out)
+        self._check_open()
+        with translated():
+            rows = await self._pool.fetch(
+                f"{reader.select} WHERE e.position > $1 ORDER BY e.position LIMIT $2", after, limit
+            )
+        return reader.decode(rows, self._upcasters)
 
     async def get_event(self, event_id: uuid.UUID) -> RecordedEvent | None:
-        found = await self._fetch(f"{_SELECT_EVENTS} WHERE e.event_id = $1", event_id.bytes)
+        found = await self._fetch(f"{SELECT_EVENTS} WHERE e.event_id = $1", event_id.bytes)
         return found[0] if found else None
 
     async def read_at(self, positions: Collection[int]) -> list[RecordedEvent]:
@@ -301,7 +300,7 @@ class PostgresEventStore(EventStore):
         if not wanted:
             return []
         return await self._fetch(
-            f"{_SELECT_EVENTS} WHERE e.position = ANY($1::bigint[]) ORDER BY e.position", wanted
+            f"{SELECT_EVENTS} WHERE e.position = ANY($1::bigint[]) ORDER BY e.position", wanted
         )
 
     async def last_position(self) -> int:
@@ -357,11 +356,6 @@ class PostgresEventStore(EventStore):
                 await asyncio.wait_for(self._pool.close(), _CLOSE_TIMEOUT)
             except DRIVER_ERRORS:
                 self._pool.terminate()
-
-
-@functools.cache
-def _select_without(leave_out: frozenset[str]) -> str:
-    return select_events(leave_out, no_metadata=_NO_METADATA, no_hash=_NO_HASH)
 
 
 async def _verify(conn: Connection, anchor: tuple[int, bytes] | None) -> VerifyReport:

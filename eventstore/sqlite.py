@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import sqlite3
 import time
@@ -60,7 +59,7 @@ from eventstore.errors import (
     StoreClosedError,
     StoreUnavailableError,
 )
-from eventstore.reading import EVENT_COLUMNS, decode_rows, select_events
+from eventstore.reading import EVENT_COLUMNS, SELECT_EVENTS, decode_rows, lean_reader
 from eventstore.sqlite_batch import STREAM_VERSION, WriterCache, commit_batch
 from eventstore.sqlite_schema import migrate
 
@@ -68,7 +67,6 @@ T = TypeVar("T")
 Durability = Literal["full", "normal"]
 BatchObserver = Callable[[int, float], None]
 
-_SELECT_EVENTS = select_events((), no_metadata="'{}'", no_hash="x''")
 _VERIFY_BATCH = 10_000
 _READ_AT_CHUNK = 500
 _INLINE_ROWS: Final = 64
@@ -354,7 +352,7 @@ class SQLiteEventStore(EventStore):
         self, stream: str, from_version: int = 1, limit: int | None = None
     ) -> list[RecordedEvent]:
         return await self._fetch(
-            f"{_SELECT_EVENTS} WHERE s.name = ? AND e.version >= ? ORDER BY e.version LIMIT ?",
+            f"{SELECT_EVENTS} WHERE s.name = ? AND e.version >= ? ORDER BY e.version LIMIT ?",
             (stream, from_version, -1 if limit is None else limit),
             small=True,
         )
@@ -368,14 +366,13 @@ class SQLiteEventStore(EventStore):
     async def read_all(
         self, after: int = 0, limit: int = 1000, *, leave_out: Collection[str] = ()
     ) -> list[RecordedEvent]:
-        select = _select_without(frozenset(leave_out)) if leave_out else _SELECT_EVENTS
-        return await self._fetch(
-            f"{select} WHERE e.position > ? ORDER BY e.position LIMIT ?", (after, limit)
-        )
+        reader = lean_reader(leave_out)
+        sql = f"{reader.select} WHERE e.position > ? ORDER BY e.position LIMIT ?"
+        return reader.decode(await self._rows(sql, (after, limit), small=False), self._upcasters)
 
     async def get_event(self, event_id: uuid.UUID) -> RecordedEvent | None:
         found = await self._fetch(
-            f"{_SELECT_EVENTS} WHERE e.event_id = ?", (event_id.bytes,), small=True
+            f"{SELECT_EVENTS} WHERE e.event_id = ?", (event_id.bytes,), small=True
         )
         return found[0] if found else None
 
@@ -388,7 +385,7 @@ class SQLiteEventStore(EventStore):
             chunk = wanted[start : start + _READ_AT_CHUNK]
             marks = ",".join("?" * len(chunk))
             found += await self._fetch(
-                f"{_SELECT_EVENTS} WHERE e.position IN ({marks}) ORDER BY e.position", chunk
+                f"{SELECT_EVENTS} WHERE e.position IN ({marks}) ORDER BY e.position", chunk
             )
         return found
 
@@ -431,7 +428,7 @@ class SQLiteEventStore(EventStore):
         The bytes of data and metadata are the stored (hashed) ones, so a backend that
         imports the rows (``PostgresEventStore.import_raw``) keeps every hash valid.
         """
-        sql = f"{_SELECT_EVENTS} WHERE e.position > ? ORDER BY e.position LIMIT ?"
+        sql = f"{SELECT_EVENTS} WHERE e.position > ? ORDER BY e.position LIMIT ?"
         while True:
             self._check_open()
             rows = await run_in_thread(
@@ -474,11 +471,6 @@ class SQLiteEventStore(EventStore):
             self._inline.close()
             await self._writer.close()
             await self._reader.close()
-
-
-@functools.cache
-def _select_without(leave_out: frozenset[str]) -> str:
-    return select_events(leave_out, no_metadata="'{}'", no_hash="x''")
 
 
 def _fetch_all(conn: sqlite3.Connection, sql: str, params: Sequence[object]) -> list[Any]:

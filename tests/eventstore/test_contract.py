@@ -10,6 +10,7 @@ import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from itertools import combinations
 from typing import Any, cast
 
 import pytest
@@ -413,15 +414,26 @@ async def test_read_all_after_and_limit(store: EventStore) -> None:
     assert await store.read_all(after=99) == []
 
 
-@pytest.mark.parametrize(
-    "leave_out", [{"stream"}, {"metadata"}, {"hash"}, {"stream", "metadata", "hash"}]
-)
-async def test_read_all_leaves_out_the_fields_asked(store: EventStore, leave_out: set[str]) -> None:
+_LEAVABLE_SUBSETS = [
+    set(subset)
+    for size in range(1, 4)
+    for subset in combinations(("stream", "metadata", "hash"), size)
+]
+
+
+@pytest.mark.parametrize("upcast", [False, True], ids=["plain", "upcast"])
+@pytest.mark.parametrize("leave_out", _LEAVABLE_SUBSETS, ids="+".join)
+async def test_read_all_leaves_out_the_fields_asked(
+    store_factory: StoreFactory, leave_out: set[str], upcast: bool
+) -> None:
+    store = await store_factory(upcasters=_renamed_upcasters() if upcast else None)
     await store.append("a", [new(i=1), NewEvent("Paid", {"i": 2}, {"request": "x"})])
-    await store.append("b", [NewEvent("Paid", {"i": 3}, {"request": "y"})])
+    await store.append("b", [NewEvent("Renamed", {"name": "Ada"}, {"r": "y"}, schema_version=1)])
     everything = await store.read_all()
     lean = await store.read_all(1, 5, leave_out=leave_out)
     assert [e.position for e in lean] == [2, 3]
+    renamed = (3, {"full_name": "Ada", "locale": "en"}) if upcast else (1, {"name": "Ada"})
+    assert (lean[1].schema_version, lean[1].data) == renamed
     for full, event in zip(everything[1:], lean, strict=True):
         assert event.stream == ("" if "stream" in leave_out else full.stream)
         assert event.metadata == ({} if "metadata" in leave_out else full.metadata)
