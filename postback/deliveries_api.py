@@ -25,7 +25,7 @@ from postback.channels.addresses import webhook_url
 from postback.errors import ApiError, bad_request, conflict
 from postback.http import json_body, json_response
 from postback.keys import CONFIG, STORE
-from postback.model import subscriber_stream
+from postback.model import SUBSCRIBERS, subscriber_stream
 from postback.operator import account_of, int_param, own_subscriber, text_field
 from postback.outbox import CLOCK, Clock
 from postback.postbacks import fresh_runner
@@ -33,6 +33,7 @@ from postback.views import event_json
 from projections import delivery_payloads as p
 from projections.deliveries_query import list_deliveries, paused_targets, subscriber_delivery_ids
 from projections.runner import ProjectionStoppedError
+from projections.subscribers import SUBSCRIBER_CREATED
 
 log = logging.getLogger("postback.deliveries")
 
@@ -143,7 +144,8 @@ async def deliveries(request: web.Request) -> web.Response:
 
 
 async def subscriber_events(request: web.Request) -> web.Response:
-    """The subscriber's history: its stream and its deliveries' events, in log order.
+    """The subscriber's history, in log order: its ``SubscriberCreated`` (the attribution:
+    spot, clickid, fbclid), its own stream and its deliveries' events.
 
     The deliveries are found through the ``deliveries`` projection; should it be down,
     the subscriber's own events still come, with ``"delivery_events": "unavailable"``.
@@ -151,7 +153,13 @@ async def subscriber_events(request: web.Request) -> web.Response:
     account = await account_of(request)
     subscriber_id = await own_subscriber(request, account)
     store = request.app[STORE]
-    events = list(await store.read_stream(subscriber_stream(subscriber_id)))
+    # A subscriber's id is its SubscriberCreated's version in that stream (docs/events.md).
+    events = [
+        created
+        for created in await store.read_stream(SUBSCRIBERS, from_version=subscriber_id, limit=1)
+        if created.type == SUBSCRIBER_CREATED and created.data.get("subscriber_id") == subscriber_id
+    ]
+    events += await store.read_stream(subscriber_stream(subscriber_id))
     included = "included"
     try:
         runner = await fresh_runner(request)

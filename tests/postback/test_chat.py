@@ -37,8 +37,8 @@ async def test_a_contact_is_recorded_with_the_seed_answer(
     view = await api.subscriber(world.key, world.subscriber_id)
     assert view["contacts"] == 1
     events = await api.history(world.key, world.subscriber_id)
-    assert [e["type"] for e in events] == ["ContactRecorded"]
-    contact = events[0]
+    assert [e["type"] for e in events] == ["SubscriberCreated", "ContactRecorded"]
+    contact = events[1]
     assert contact["data"]["subscriber_id"] == world.subscriber_id
     assert contact["data"]["spot_id"] == world.spot_id
     assert contact["data"]["user_id"] == world.user_id

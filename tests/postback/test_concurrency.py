@@ -32,7 +32,8 @@ async def test_50_racing_postbacks_have_exactly_one_winner(
 
     view = await api.subscriber(world.key, world.subscriber_id)
     assert view["goals"][goal]["count"] == 1
-    events = await api.history(world.key, world.subscriber_id)
+    created, *events = await api.history(world.key, world.subscriber_id)
+    assert created["type"] == "SubscriberCreated"
     assert [e["data"]["goal"] for e in events] == [goal]
     rows = await api.postbacks(world.key)
     assert Counter(row["status"] for row in rows) == {200: 1, 409: 49}
@@ -65,7 +66,7 @@ async def test_racing_repeats_of_one_txid_all_answer_like_the_first(
     assert {status for status, _ in results} == {200}, results
     assert len({str(body) for _, body in results}) == 1, results
     events = await api.history(world.key, world.subscriber_id)
-    assert [e["type"] for e in events] == ["GoalReached"]
+    assert [e["type"] for e in events] == ["SubscriberCreated", "GoalReached"]
 
 
 async def test_racing_repeatable_goals_are_all_recorded(

@@ -426,7 +426,14 @@ async def test_a_fresh_subscribers_state(api: Api, world: World) -> None:
     assert view["deposits"] == {"count": 0, "total": "0.00"}
     assert view["player_id"] is None
     assert view["profile"] == {}
-    assert await api.history(world.key, world.subscriber_id) == []
+    (created,) = await api.history(world.key, world.subscriber_id)
+    assert created["type"] == "SubscriberCreated"
+    assert created["data"]["subscriber_id"] == world.subscriber_id
+    assert (created["data"]["clickid"], created["data"]["spot_token"]) == (
+        world.clickid,
+        world.spot,
+    )
+    assert created["request"] is None
 
 
 async def test_the_subscribers_state_after_postbacks(
@@ -462,11 +469,12 @@ async def test_subscriber_history(client: Client, api: Api, world: World) -> Non
     await postback(client, clickid=world.clickid, goal="reg")
     await postback(client, clickid=world.clickid, goal="dep", sum="5", playerid="P")
     await postback(client, clickid=world.clickid, goal="dep", sum="5")  # refused: not history
-    events = await api.history(world.key, world.subscriber_id)
+    created, *events = await api.history(world.key, world.subscriber_id)
+    assert created["type"] == "SubscriberCreated"
     assert [e["type"] for e in events] == ["GoalReached", "PlayerIdAssigned", "GoalReached"]
-    positions = [e["position"] for e in events]
+    positions = [e["position"] for e in (created, *events)]
     assert positions == sorted(positions)
-    assert len(set(positions)) == 3
+    assert len(set(positions)) == 4
     for event in events:
         assert {"position", "type", "data", "request", "recorded_at"} <= set(event)
         assert event["data"]["subscriber_id"] == world.subscriber_id

@@ -117,6 +117,7 @@ async def test_the_subscribers_history_shows_its_deliveries(
     positions = [e["position"] for e in history]
     assert positions == sorted(positions)
     assert Counter(e["type"] for e in history) == {
+        "SubscriberCreated": 1,
         "ContactRecorded": 2,
         "GoalReached": 2,
         "DeliveryAttempted": 4,
@@ -131,7 +132,8 @@ async def test_the_subscribers_history_shows_its_deliveries(
     attempted = next(e for e in history if e["type"] == "DeliveryAttempted")
     assert attempted["stream"].startswith("delivery-")
     assert attempted["data"]["subscriber_id"] == subscriber_id
-    assert attempted["data"]["source_event_id"] == history[0]["event_id"]
+    assert history[0]["type"] == "SubscriberCreated"
+    assert attempted["data"]["source_event_id"] == history[1]["event_id"]
     assert (attempted["data"]["channel"], attempted["data"]["target"]) == (
         "facebook_capi",
         "PIXEL1",
@@ -140,6 +142,7 @@ async def test_the_subscribers_history_shows_its_deliveries(
 
     others = await service.api.history(key, other["id"])
     assert [e["type"] for e in others] == [
+        "SubscriberCreated",
         "ContactRecorded",
         "DeliveryAttempted",
         "DeliverySucceeded",

@@ -463,8 +463,8 @@ async def test_a_txid_repeat_answers_like_the_first_and_records_nothing(
     view = await api.subscriber(world.key, world.subscriber_id)
     assert view["deposits"] == {"count": 1, "total": "25.00"}
     events = await api.history(world.key, world.subscriber_id)
-    assert [e["type"] for e in events] == ["GoalReached"]
-    assert events[0]["data"]["txid"] == "T-1"
+    assert [e["type"] for e in events] == ["SubscriberCreated", "GoalReached"]
+    assert events[1]["data"]["txid"] == "T-1"
 
 
 async def test_a_txid_repeat_of_reg_is_200_not_409(client: Client, api: Api, world: World) -> None:
@@ -492,7 +492,7 @@ async def test_a_txid_repeat_with_playerid_answers_like_the_first(
     assert first[0] == 200
     assert await postback(client, **params) == first
     events = await api.history(world.key, world.subscriber_id)
-    assert [e["type"] for e in events] == ["PlayerIdAssigned", "GoalReached"]
+    assert [e["type"] for e in events] == ["SubscriberCreated", "PlayerIdAssigned", "GoalReached"]
     assert first[1]["position"] == events[-1]["position"]
 
 
@@ -530,8 +530,11 @@ async def test_the_history_holds_the_request_of_each_event(
 ) -> None:
     await postback(client, clickid=world.clickid, goal="reg", playerid="P")
     events = await api.history(world.key, world.subscriber_id)
-    assert [e["type"] for e in events] == ["PlayerIdAssigned", "GoalReached"]
-    first, second = events
+    assert [e["type"] for e in events] == ["SubscriberCreated", "PlayerIdAssigned", "GoalReached"]
+    created, first, second = events
+    assert created["request"] is None  # an operator's doing, not a partner's
+    assert created["data"]["clickid"] == world.clickid
+    assert created["position"] < first["position"]
     assert first["position"] < second["position"]
     assert first["request"]["request_id"] == second["request"]["request_id"]
     request = second["request"]
