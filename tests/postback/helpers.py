@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from aiohttp.test_utils import TestClient
 
 ADMIN = "admin-secret"
@@ -19,7 +20,7 @@ POSTBACK_PATHS = (
     "/postback/",
 )
 CHAT_PATHS = ("/spot/postback/chat", "/spot/postback/chat/")
-STYLES = ("get", "form", "json")
+STYLES = ("get", "form", "json", "multipart")
 """How partner parameters travel: GET query, POST form-encoded body, POST JSON body."""
 
 Params = Mapping[str, str] | Sequence[tuple[str, str]]
@@ -45,6 +46,9 @@ async def send(client: Client, path: str, params: Params, style: str = "get") ->
         return await answer(await client.post(path, data=params))
     if style == "json":
         return await answer(await client.post(path, json=dict(params)))
+    if style == "multipart":  # multipart/form-data, as PHP's curl posts an array of fields
+        form = aiohttp.FormData(dict(params), default_to_multipart=True)
+        return await answer(await client.post(path, data=form))
     raise AssertionError(f"unknown style {style!r}")
 
 

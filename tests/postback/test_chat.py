@@ -132,7 +132,7 @@ async def test_a_clickid_does_not_identify_a_chat_subscriber(client: Client, wor
 
 
 async def test_post_is_accepted_too(client: Client, world: World) -> None:
-    for style in ("form", "json"):
+    for style in ("form", "json", "multipart"):
         status, body = await send(
             client, "/spot/postback/chat/", {"user_id": world.user_id, "spot": world.spot}, style
         )

@@ -157,7 +157,30 @@ def form_bodies(draw: st.DrawFn) -> bytes:
     return body.encode()
 
 
+@st.composite
+def multipart_bodies(draw: st.DrawFn) -> tuple[str, bytes]:
+    """Forms as PHP's curl sends them, with broken boundaries, headers, charsets mixed in."""
+    boundary = draw(st.sampled_from(["XyZ", "----b0und", "a b", "\u00e9", ""]))
+    parts = []
+    for _ in range(draw(st.integers(0, 4))):
+        name = draw(st.sampled_from([*NAMES, "", '"', "x\u00e9"]))
+        headers = f'Content-Disposition: form-data; name="{name}"'
+        if draw(st.booleans()):
+            headers += draw(st.sampled_from(['; filename="f.txt"', "; name=other", ";;"]))
+        if draw(st.booleans()):
+            charset = draw(st.sampled_from(["utf-8", "latin-1", "no-such", "utf-16"]))
+            headers += f"\r\nContent-Type: text/plain; charset={charset}"
+        value = draw(st.one_of(st.sampled_from(KNOWN), texts)).encode("utf-8", "replace")
+        parts.append(f"--{boundary}\r\n{headers}\r\n\r\n".encode("utf-8", "replace") + value)
+    body = b"\r\n".join(parts) + (b"\r\n" if parts else b"")
+    if draw(st.booleans()):
+        body += f"--{boundary}--\r\n".encode("utf-8", "replace")
+    body += draw(st.binary(max_size=40))
+    return f"multipart/form-data; boundary={boundary}", body
+
+
 bodies = st.one_of(
+    multipart_bodies(),
     json_bodies().map(lambda body: ("application/json", body)),
     st.binary(max_size=300).map(lambda body: ("application/json", body)),  # mostly invalid JSON
     form_bodies().map(lambda body: ("application/x-www-form-urlencoded", body)),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import itertools
 
+import aiohttp
 import pytest
 from yarl import URL
 
@@ -211,6 +212,43 @@ async def test_json_body_numbers_are_parameters(client: Client, api: Api, world:
     assert (await api.subscriber(world.key, world.subscriber_id))["first_deposit"][
         "amount"
     ] == "12.50"
+
+
+async def test_a_multipart_form_skips_file_parts(client: Client, api: Api, world: World) -> None:
+    form = aiohttp.FormData()
+    form.add_field("clickid", world.clickid)
+    form.add_field("goal", "dep")
+    form.add_field("sum", io.BytesIO(b"999"), filename="sum.txt")  # a file: no parameter
+    form.add_field("sum", "7.25")
+    status, body = await answer(await client.post("/postback/", data=form))
+    assert status == 200, body
+    view = await api.subscriber(world.key, world.subscriber_id)
+    assert view["first_deposit"]["amount"] == "7.25"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "raw"),
+    [
+        ("multipart/form-data", b'--x\r\nContent-Disposition: form-data; name="goal"\r\n\r\nreg'),
+        ("multipart/form-data; boundary=x", b"no boundary in it"),
+        (
+            "multipart/form-data; boundary=x",
+            b"--x\r\nContent-Type: text/plain; charset=no-such-charset\r\n"
+            b'Content-Disposition: form-data; name="goal"\r\n\r\nreg\r\n--x--\r\n',
+        ),
+    ],
+    ids=["no-boundary-parameter", "no-parts", "unknown-charset"],
+)
+async def test_a_broken_multipart_body_is_bad_body(
+    client: Client, api: Api, world: World, content_type: str, raw: bytes
+) -> None:
+    url = URL("/postback/").with_query({"clickid": world.clickid, "goal": "reg"})
+    status, body = await answer(
+        await client.post(url, data=raw, headers={"Content-Type": content_type})
+    )
+    assert status == 400, body
+    refused(body, "bad_body")
+    assert (await api.subscriber(world.key, world.subscriber_id))["goals"] == {}
 
 
 @pytest.mark.parametrize("flag", [True, False])
