@@ -62,10 +62,16 @@ def _chat_error(status: int, code: str, text: str) -> ApiError:
 
 
 def _numeric_if_possible(user_id: str) -> int | str:
-    """The Telegram id as a JSON number (as the seed shows it) when it is one that fits."""
-    if user_id.isascii() and user_id.isdecimal() and len(user_id) <= 18:
-        return int(user_id)
-    return user_id
+    """The Telegram id as a JSON number (as the seed shows it) when it is the plain text of
+    an integer that fits 64 bits (a group's id is negative); otherwise the text as given,
+    so that ``"00123"`` or ``"+5"`` is not answered as another id."""
+    if len(user_id) > 20 or not user_id.isascii():
+        return user_id
+    try:
+        number = int(user_id)
+    except ValueError:
+        return user_id
+    return number if str(number) == user_id and -(2**63) <= number < 2**63 else user_id
 
 
 class PartnerService:

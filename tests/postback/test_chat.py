@@ -148,6 +148,31 @@ async def test_a_non_numeric_user_id(client: Client, api: Api, world: World) -> 
     assert body["subscriber"]["user_id"] == "tg-user"
 
 
+@pytest.mark.parametrize(
+    ("user_id", "answered"),
+    [
+        ("-1001234567890", -1001234567890),  # a group's id
+        ("9223372036854775807", 9223372036854775807),
+        ("00123", "00123"),  # not the number 123: answered as given
+        ("+5", "+5"),
+        ("1_000", "1_000"),
+        (" 7", " 7"),
+        ("-0", "-0"),
+        ("\u0663", "\u0663"),
+        ("9223372036854775808", "9223372036854775808"),
+    ],
+)
+async def test_a_user_id_is_a_number_only_when_it_is_written_as_one(
+    client: Client, api: Api, world: World, user_id: str, answered: int | str
+) -> None:
+    subscriber = await api.create_subscriber(world.key, world.spot, user_id)
+    status, body = await chat(client, user_id=user_id, spot=world.spot)
+    assert status == 200, body
+    assert body["subscriber"]["id"] == subscriber["id"]
+    assert body["subscriber"]["user_id"] == answered
+    assert type(body["subscriber"]["user_id"]) is type(answered)
+
+
 async def test_a_user_id_beyond_64_bits_is_not_a_500(
     client: Client, api: Api, world: World
 ) -> None:
