@@ -22,6 +22,7 @@ from eventstore.errors import EventStoreError
 from postback import cli_analyst, migrate
 from postback.backend import LogUnavailableError, MissingLogError, describe
 from postback.config import PROJECTORS, Config, ConfigError
+from postback.model import MAX_TEXT
 from postback.runtime import tune_process
 from postback.signals import stop_on_signals
 
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     account = commands.add_parser("account", help="manage accounts")
     account_commands = account.add_subparsers(dest="account_command", required=True)
     create = account_commands.add_parser("create", help="create an account, print its API key")
-    create.add_argument("name")
+    create.add_argument("name", type=_account_name)
     _database_options(create)
 
     cli_analyst.add_commands(commands, _database_options)
@@ -147,6 +148,20 @@ def entry() -> int:
     (:mod:`postback.runtime`)."""
     tune_process()
     return main()
+
+
+def _account_name(text: str) -> str:
+    """An account's name as ``POST /api/v1/accounts`` takes it: not empty, at most
+    :data:`~postback.model.MAX_TEXT` characters, text that UTF-8 can hold."""
+    if not text:
+        raise argparse.ArgumentTypeError("an account needs a name")
+    if len(text) > MAX_TEXT:
+        raise argparse.ArgumentTypeError(f"a name is at most {MAX_TEXT} characters")
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # bytes of the command line that are not UTF-8
+        raise argparse.ArgumentTypeError("the name is not valid UTF-8") from None
+    return text
 
 
 def _dispatch(args: argparse.Namespace, config: Config) -> int:

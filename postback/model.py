@@ -15,6 +15,8 @@ ACCOUNTS: Final = "accounts"
 SPOTS: Final = "spots"
 SUBSCRIBERS: Final = "subscribers"
 POSTBACK_LOG: Final = "postback-log"
+MAX_TEXT: Final = 256
+"""Characters of an operator's text field (a name, a title), over HTTP and the CLI."""
 
 
 def goals_stream(account_id: int) -> str:

@@ -19,6 +19,7 @@ from postback.errors import ApiError, bad_request, not_found, unauthorized
 from postback.http import json_body, json_response
 from postback.keys import CONFIG, DIRECTORY, STORE
 from postback.model import (
+    MAX_TEXT,
     SPOTS,
     STANDARD_GOALS,
     Account,
@@ -30,7 +31,6 @@ from postback.views import event_json, subscriber_view
 
 _TOKEN = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 _GOAL_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-MAX_TEXT = 256
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -140,7 +140,7 @@ async def create_spot(request: web.Request) -> web.Response:
     title = text_field(body, "title", required=True)
     token = text_field(body, "token", required=False, limit=128)
     if token is not None and not _TOKEN.fullmatch(token):
-        raise bad_request("bad_field", "'token' may hold only letters, digits and . _ ~ -")
+        raise bad_request("bad_field", "'token' may hold only ASCII letters, digits and . _ ~ -")
     spot = await commands.create_spot(request.app[DIRECTORY], account, title or "", token)
     return json_response(_spot_json(spot), 201)
 
@@ -204,7 +204,7 @@ async def define_goal(request: web.Request) -> web.Response:
     if name in STANDARD_GOALS:
         raise bad_request("standard_goal", f"{name!r} is a standard goal and cannot be redefined")
     if not _GOAL_NAME.fullmatch(name):
-        raise bad_request("bad_goal_name", "a goal name is 1-64 letters, digits or _ . : -")
+        raise bad_request("bad_goal_name", "a goal name is 1-64 ASCII letters, digits or _ . : -")
     body = await json_body(request)
     profile = body.get("profile")
     if profile is not None and (

@@ -121,6 +121,24 @@ def test_account_create_then_the_account_exists(
     assert asyncio.run(_call(config, "POST", "/api/v1/spots", "not-a-key")) == 401
 
 
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [("", "needs a name"), ("x" * 257, "at most 256"), ("bad\udcff", "not valid UTF-8")],
+    ids=["empty", "too-long", "not-utf8"],
+)
+def test_account_create_refuses_what_the_http_api_refuses(
+    capsys: Capsys, log_settings: dict[str, str], name: str, said: str
+) -> None:
+    with pytest.raises(SystemExit) as usage:  # argparse's bad usage
+        run(capsys, "account", "create", name, *_log_options(log_settings))
+    out, err = capsys.readouterr()
+    assert (usage.value.code, out) == (2, "")
+    assert said in err
+    code, out, err = run(capsys, "account", "create", "x" * 256, *_log_options(log_settings))
+    assert code == 0, err
+    assert out.startswith("account 1 created")  # none was created before
+
+
 def test_demo_seeds_what_it_prints(capsys: Capsys, log_settings: dict[str, str]) -> None:
     code, out, err = run(capsys, "demo", *_log_options(log_settings))
     assert code == 0, err
