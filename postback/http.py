@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from email import errors
-from email.errors import MessageError
-from email.parser import BytesParser
-from email.policy import HTTP
-from typing import Any, Final
+from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
@@ -16,6 +12,7 @@ from aiohttp import hdrs, web
 
 from eventstore.base import id_bits
 from postback.errors import ApiError, bad_request
+from postback.multipart import MultipartError, multipart_fields
 from postback.proxies import source_of
 
 MAX_RECORDED = 8192  # characters of a raw query or body kept in the postback log
@@ -95,7 +92,11 @@ def partner_params(request: web.Request, body: bytes) -> dict[str, str]:
                     params.setdefault(clean(key), scalar)
         elif request.content_type == "multipart/form-data":
             content_type = request.headers.get(hdrs.CONTENT_TYPE, "")
-            for key, value in multipart_fields(content_type, body):
+            try:
+                fields = multipart_fields(content_type, body)
+            except MultipartError as exc:
+                raise bad_request("bad_body", f"not a multipart/form-data form: {exc}") from exc
+            for key, value in fields:
                 params.setdefault(clean(key), clean(value))
         else:
             text = body.decode("utf-8", "replace")
@@ -104,41 +105,6 @@ def partner_params(request: web.Request, body: bytes) -> dict[str, str]:
     for key, value in request.query.items():
         params.setdefault(clean(key), clean(value))
     return params
-
-
-def multipart_fields(content_type: str, body: bytes) -> list[tuple[str, str]]:
-    """The text fields of a ``multipart/form-data`` body, in order (what PHP's curl sends
-    for an array of fields, for one); file parts are no parameters and are skipped. A body
-    that is not such a form (no boundary, no parts) is 400 ``bad_body``."""
-    head = b"Content-Type: " + content_type.encode("utf-8", "replace") + b"\r\n\r\n"
-    try:
-        message = BytesParser(policy=HTTP).parsebytes(head + body)
-        boundary = message.get_boundary()
-        if boundary is not None and body.strip() == f"--{boundary}--".encode():
-            return []  # a form without fields (which the parser takes for no form)
-        if not message.is_multipart() or any(
-            isinstance(defect, _BROKEN_MULTIPART) for defect in message.defects
-        ):
-            raise bad_request("bad_body", "the body is not a multipart/form-data form")
-        fields: list[tuple[str, str]] = []
-        for part in message.iter_parts():
-            name = part.get_param("name", header="content-disposition")
-            if not isinstance(name, str) or part.get_filename() is not None:
-                continue
-            payload = part.get_payload(decode=True)
-            charset = part.get_content_charset() or "utf-8"
-            text = payload.decode(charset, "replace") if isinstance(payload, bytes) else ""
-            fields.append((name, text))
-    except (LookupError, ValueError, MessageError) as exc:  # an unknown charset, say
-        raise bad_request("bad_body", "the multipart/form-data body cannot be read") from exc
-    return fields
-
-
-_BROKEN_MULTIPART: Final = (
-    errors.NoBoundaryInMultipartDefect,
-    errors.StartBoundaryNotFoundDefect,
-    errors.MultipartInvariantViolationDefect,
-)
 
 
 def request_record(request: web.Request, endpoint: str, body: bytes) -> dict[str, Any]:

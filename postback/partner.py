@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from postback.errors import ApiError
+from postback.errors import ApiError, bad_request
 from postback.http import (
     json_response,
     partner_params,
@@ -16,6 +17,8 @@ from postback.http import (
 )
 from postback.keys import PARTNERS
 from postback.service import Answer, PartnerRequest, PartnerService
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 Serve = Callable[[PartnerService, PartnerRequest], Awaitable[Answer]]
@@ -35,10 +38,17 @@ async def _partner_request(request: web.Request, endpoint: str) -> PartnerReques
     record = request_record(request, endpoint, body)
     try:
         params = partner_params(request, body)
-    except ApiError as error:
+    except Exception as exc:
+        # Whatever a body does to a parser, the partner gets a 400 and the log keeps the
+        # request: never a 500 that leaves no trace of what was sent.
+        if isinstance(exc, ApiError):
+            refusal = exc
+        else:
+            log.exception("a partner request's parameters could not be read")
+            refusal = bad_request("bad_body", "the request's parameters cannot be read")
         summarize(record, {})
-        await request.app[PARTNERS].log_rejection(record, None, error)
-        return Answer(error.status, error.body)
+        await request.app[PARTNERS].log_rejection(record, None, refusal)
+        return Answer(refusal.status, refusal.body)
     summarize(record, params)
     return PartnerRequest(params, record)
 

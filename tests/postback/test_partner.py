@@ -10,6 +10,8 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from postback import partner
+from postback.keys import STORE
 from tests.postback.helpers import (
     POSTBACK_PATHS,
     STYLES,
@@ -236,8 +238,12 @@ async def test_a_multipart_form_skips_file_parts(client: Client, api: Api, world
             b"--x\r\nContent-Type: text/plain; charset=no-such-charset\r\n"
             b'Content-Disposition: form-data; name="goal"\r\n\r\nreg\r\n--x--\r\n',
         ),
+        (
+            "multipart/form-data; boundary=x",
+            b'--x\r\nContent-Disposition: form-data; name="goal"\r\n\r\nde',
+        ),
     ],
-    ids=["no-boundary-parameter", "no-parts", "unknown-charset"],
+    ids=["no-boundary-parameter", "no-parts", "unknown-charset", "cut-off"],
 )
 async def test_a_broken_multipart_body_is_bad_body(
     client: Client, api: Api, world: World, content_type: str, raw: bytes
@@ -249,6 +255,23 @@ async def test_a_broken_multipart_body_is_bad_body(
     assert status == 400, body
     refused(body, "bad_body")
     assert (await api.subscriber(world.key, world.subscriber_id))["goals"] == {}
+
+
+async def test_a_parser_failure_is_a_logged_400_not_a_500(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(request: object, body: bytes) -> dict[str, str]:
+        raise RecursionError("what a hostile body did to a parser")
+
+    monkeypatch.setattr(partner, "partner_params", broken)
+    status, body = await answer(await client.post("/postback/?clickid=x", data=b"sum=1"))
+    assert status == 400, body
+    refused(body, "bad_body")
+    assert "could not be read" in caplog.text
+    store = client.server.app[STORE]
+    (logged,) = [e for e in await store.read_all() if e.type == "PostbackRejected"]
+    assert logged.metadata["postback"]["body"] == "sum=1"
+    assert logged.metadata["postback"]["response"] == body
 
 
 @pytest.mark.parametrize("flag", [True, False])
