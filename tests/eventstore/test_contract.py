@@ -429,7 +429,10 @@ async def test_read_all_leaves_out_the_fields_asked(
     store = await store_factory(upcasters=_renamed_upcasters() if upcast else None)
     await store.append("a", [new(i=1), NewEvent("Paid", {"i": 2}, {"request": "x"})])
     await store.append("b", [NewEvent("Renamed", {"name": "Ada"}, {"r": "y"}, schema_version=1)])
-    everything = await store.read_all()
+    # The reference is read by streams (eventstore.reading.decode_rows), not by read_all,
+    # whose decoders are generated (lean_reader).
+    everything = [*await store.read_stream("a"), *await store.read_stream("b")]
+    assert [e.position for e in everything] == [1, 2, 3]
     lean = await store.read_all(1, 5, leave_out=leave_out)
     assert [e.position for e in lean] == [2, 3]
     renamed = (3, {"full_name": "Ada", "locale": "en"}) if upcast else (1, {"name": "Ada"})
