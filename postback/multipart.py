@@ -19,7 +19,7 @@ MAX_PART_HEAD: Final = 1024
 """Bytes of one part's header block."""
 
 _BOUNDARY: Final = re.compile(
-    r';\s*boundary\s*=\s*(?:"([^"\r\n]{1,70})"|([^\s;"]{1,70}))', re.IGNORECASE
+    r';\s*boundary\s*=\s*(?:"([^"\r\n]{1,70})"|([^\s;"]{1,70})(?![^\s;]))', re.IGNORECASE
 )
 _PARAMETER: Final = re.compile(r';\s*([A-Za-z*]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s;"]*))')
 _ESCAPED: Final = re.compile(r"\\(.)")
@@ -44,8 +44,6 @@ def multipart_fields(content_type: str, body: bytes) -> list[tuple[str, str]]:
     # Every delimiter is preceded by CRLF, but the first may open the body.
     segments = (b"\r\n" + body).split(b"\r\n--" + boundary)
     if len(segments) < 2:
-        if body.strip() == b"--" + boundary + b"--":
-            return []  # a form without fields
         raise MultipartError("the body holds no boundary")
     *parts, closing = segments[1:]  # segments[0]: the preamble
     if not closing.startswith(b"--"):

@@ -88,6 +88,7 @@ def test_file_parts_and_parts_without_a_name_are_no_fields() -> None:
     [
         ("multipart/form-data", form(field("a", "1"))),
         ('multipart/form-data; boundary=""', form(field("a", "1"))),
+        ("multipart/form-data; boundary=" + "b" * 71, form(field("a", "1"), boundary=b"b" * 71)),
         (CT, b"no boundary in it"),
         (CT, b""),
         (CT, form(field("a", "1"), close=False)),  # cut off
@@ -103,6 +104,7 @@ def test_file_parts_and_parts_without_a_name_are_no_fields() -> None:
     ids=[
         "no-boundary-parameter",
         "empty-boundary",
+        "boundary-over-70",
         "no-boundary-in-body",
         "empty-body",
         "no-closing-boundary",
