@@ -66,11 +66,14 @@ def _field(part: bytes) -> tuple[str, str] | None:
     if line_end < 0 or part[:line_end].strip(b" \t"):
         raise MultipartError("a boundary line with more after it")
     part = part[line_end + 2 :]
-    head_end = 0 if part.startswith(b"\r\n") else part.find(b"\r\n\r\n", 0, MAX_PART_HEAD + 4)
-    if head_end < 0:
-        raise MultipartError(f"a part whose headers are over {MAX_PART_HEAD} bytes or unended")
-    disposition, content_type = _headers(part[:head_end].decode("utf-8", "replace"))
-    content = part[head_end + (2 if head_end == 0 else 4) :]
+    if part.startswith(b"\r\n"):  # no headers at all
+        head, content = b"", part[2:]
+    else:
+        head_end = part.find(b"\r\n\r\n", 0, MAX_PART_HEAD + 4)
+        if head_end < 0:
+            raise MultipartError(f"a part whose headers are over {MAX_PART_HEAD} bytes or unended")
+        head, content = part[:head_end], part[head_end + 4 :]
+    disposition, content_type = _headers(head.decode("utf-8", "replace"))
     if disposition is None:
         return None
     kind, _, parameters = disposition.partition(";")

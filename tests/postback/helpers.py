@@ -21,7 +21,7 @@ POSTBACK_PATHS = (
 )
 CHAT_PATHS = ("/spot/postback/chat", "/spot/postback/chat/")
 STYLES = ("get", "form", "json", "multipart")
-"""How partner parameters travel: GET query, POST form-encoded body, POST JSON body."""
+"""How partner parameters travel: GET query, POST form-encoded, JSON or multipart body."""
 
 Params = Mapping[str, str] | Sequence[tuple[str, str]]
 Client = TestClient[Any, Any]
