@@ -1,10 +1,12 @@
 """The embedded SQLite backend: one writer with group commit, aiosqlite throughout.
 
-* One writer connection. Appends from any number of tasks are queued; a single writer
-  task takes everything pending and commits it as one transaction (one WAL sync), then
-  releases each caller with its own outcome. While a batch commits, the next one gathers.
-* The whole batch transaction runs as one call in aiosqlite's worker thread, so the event
-  loop is never blocked and a batch costs one thread hop, not one per statement.
+* One writer connection. Appends from any number of tasks are queued; the writer takes
+  everything queued and commits it as one transaction (one WAL sync), then releases each
+  caller with its own outcome. While a batch commits, the next one gathers.
+* The writer runs in aiosqlite's worker thread and commits batch after batch until the
+  queue is empty: the event loop is never blocked, a batch costs no thread hop of its
+  own, and the next batch does not wait for a busy loop to come round to it (which
+  tripled a group commit's time under HTTP load: 9.7 ms against 3.2 to 4.2).
 * Durable by default: WAL with ``synchronous=FULL``: an acknowledged append survives a
   crash of the process or of the machine. ``durability="normal"`` (explicit only) survives
   process crashes but may lose the last commits on power loss.
@@ -25,6 +27,7 @@ import os
 import sqlite3
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from functools import partial
 from typing import Any, Final, Literal, TypeVar, cast
@@ -34,7 +37,6 @@ import aiosqlite
 from eventstore.appending import (
     AppendRequest,
     Outcome,
-    batch_size,
     check_expected_version,
     encode_events,
     settle,
@@ -171,9 +173,9 @@ class SQLiteEventStore(EventStore):
         self._upcasters = upcasters if upcasters else None
         self._poll_interval = poll_interval
         self._max_batch_events = max_batch_events
-        # Appends waiting for the writer, and their callers' futures, index by index.
-        self._pending: list[AppendRequest] = []
-        self._waiters: list[asyncio.Future[AppendResult]] = []
+        # Appends waiting for the writer, each with its caller's future. The loop's thread
+        # appends, the writer's thread pops from the left: both atomic on a deque.
+        self._queue: deque[tuple[AppendRequest, asyncio.Future[AppendResult]]] = deque()
         self._loop = asyncio.get_running_loop()
         self._writer_cache = WriterCache()
         self._wakeup = asyncio.Event()
@@ -262,51 +264,76 @@ class SQLiteEventStore(EventStore):
         if type(stream) is not str or not stream:
             raise InvalidEventError("a stream name must be a non-empty string")
         expected = check_expected_version(expected_version)
-        self._pending.append(
-            AppendRequest(stream, utf8(stream, "stream name"), encode_events(events), expected)
+        request = AppendRequest(
+            stream, utf8(stream, "stream name"), encode_events(events), expected
         )
         future: asyncio.Future[AppendResult] = self._loop.create_future()
-        self._waiters.append(future)
+        self._queue.append((request, future))
         self._wakeup.set()
         return await future
 
     async def _write_loop(self) -> None:
         while True:
-            if not self._pending:
+            if not self._queue:
                 if self._closed:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            batch, waiters = self._take_batch()
+            # The writer's thread commits batch after batch until the queue is empty,
+            # releasing each batch's callers as it commits: the next batch does not wait
+            # for this thread's loop to come round to it.
+            await run_in_thread(self._writer, self._drain)
+
+    def _drain(self, conn: sqlite3.Connection) -> None:
+        """In the writer's thread: group-commit what is queued until nothing is."""
+        queue = self._queue
+        while queue:
+            batch: list[AppendRequest] = []
+            waiters: list[asyncio.Future[AppendResult]] = []
+            events = 0
+            while queue:
+                request, waiter = queue[0]
+                if events and events + len(request.events) > self._max_batch_events:
+                    break
+                queue.popleft()
+                batch.append(request)
+                waiters.append(waiter)
+                events += len(request.events)
+            started = time.perf_counter()
             try:
-                started = time.perf_counter()
-                outcomes = await run_in_thread(
-                    self._writer, partial(commit_batch, batch=batch, cache=self._writer_cache)
+                outcomes: list[Outcome] | EventStoreError = commit_batch(
+                    conn, batch, self._writer_cache
                 )
-            except asyncio.CancelledError:
-                for waiter in waiters:
-                    waiter.cancel()
-                raise
             except Exception as exc:
-                error = exc if isinstance(exc, EventStoreError) else StoreUnavailableError(str(exc))
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_exception(error)
-                continue
-            if self._on_batch is not None:
-                self._on_batch(sum(len(r.events) for r in batch), time.perf_counter() - started)
-            self._release(waiters, outcomes)
+                outcomes = (
+                    translate_error(exc)
+                    if isinstance(exc, sqlite3.Error)
+                    else exc
+                    if isinstance(exc, EventStoreError)
+                    else StoreUnavailableError(str(exc))
+                )
+            seconds = time.perf_counter() - started
+            try:
+                self._loop.call_soon_threadsafe(self._committed, waiters, outcomes, events, seconds)
+            except RuntimeError:  # the loop is closed: nobody is left to wait
+                return
 
-    def _take_batch(self) -> tuple[list[AppendRequest], list[asyncio.Future[AppendResult]]]:
-        count = batch_size(self._pending, self._max_batch_events)
-        batch, self._pending = self._pending[:count], self._pending[count:]
-        waiters, self._waiters = self._waiters[:count], self._waiters[count:]
-        return batch, waiters
-
-    def _release(
-        self, waiters: list[asyncio.Future[AppendResult]], outcomes: list[Outcome]
+    def _committed(
+        self,
+        waiters: list[asyncio.Future[AppendResult]],
+        outcomes: list[Outcome] | EventStoreError,
+        events: int,
+        seconds: float,
     ) -> None:
+        """On the loop's thread: a batch's callers get their outcomes (or its error)."""
+        if isinstance(outcomes, EventStoreError):
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(outcomes)
+            return
+        if self._on_batch is not None:
+            self._on_batch(events, seconds)
         last = settle(waiters, outcomes)
         if last > self._last_committed:
             self._last_committed = last
