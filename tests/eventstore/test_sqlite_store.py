@@ -74,6 +74,41 @@ async def test_small_group_commit_batches(tmp_path: Path, max_batch_events: int)
         assert (await store.verify()).ok
 
 
+@pytest.mark.parametrize(
+    ("failure", "expected"),
+    [
+        (sqlite3.OperationalError("disk I/O error"), StoreUnavailableError),
+        (RuntimeError("a bug"), StoreUnavailableError),
+        (EventStoreError("its own"), EventStoreError),
+    ],
+)
+async def test_a_failed_batch_fails_its_appends_and_the_writer_goes_on(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: Exception,
+    expected: type[EventStoreError],
+) -> None:
+    # The writer's thread commits batch after batch: a batch whose transaction fails
+    # gives its callers the store's error (never sqlite3's) and the next batch commits.
+    real = sqlite_module.commit_batch
+    failures = [failure]
+
+    def failing_once(conn: sqlite3.Connection, batch: Any, cache: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return real(conn, batch, cache)
+
+    monkeypatch.setattr(sqlite_module, "commit_batch", failing_once)
+    async with await SQLiteEventStore.open(tmp_path / "f.db", poll_interval=None) as store:
+        with pytest.raises(expected) as caught:
+            await asyncio.wait_for(store.append("s", [new()]), WAIT)
+        assert type(caught.value) is expected
+        assert store.writable
+        result = await store.append("s", [new()], NO_STREAM)  # nothing of the first landed
+        assert result == AppendResult("s", 1, 1, 1)
+        assert (await store.verify()).ok
+
+
 async def test_two_stores_on_one_file_share_the_log(tmp_path: Path) -> None:
     # Several processes may open one file; two store objects in one process are the same
     # case. Each must see the other's commits when it checks versions and chains hashes.
