@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sqlite3
 import time
@@ -66,6 +67,7 @@ from eventstore.sqlite_batch import STREAM_VERSION, WriterCache, commit_batch
 from eventstore.sqlite_schema import migrate
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 Durability = Literal["full", "normal"]
 BatchObserver = Callable[[int, float], None]
 
@@ -83,6 +85,18 @@ and a checkpoint writes each page once however often it changed: checkpointing t
 less often writes far fewer pages, and took single-event appends from 46,000 to 51,500/s
 at 512 tasks and from 34,000 to 37,000/s at 64 here (``bench/append.py``). The WAL file
 grows to about 40 MB between checkpoints (and is reused, not regrown)."""
+
+
+def _store_error(exc: BaseException) -> EventStoreError:
+    """What the callers of a failed batch get: the store's own error, caused by ``exc``."""
+    if isinstance(exc, EventStoreError):
+        return exc
+    if isinstance(exc, sqlite3.Error):
+        error = translate_error(exc)
+    else:
+        error = StoreUnavailableError(f"the writer failed: {exc!r}")
+    error.__cause__ = exc
+    return error
 
 
 def translate_error(exc: sqlite3.Error) -> EventStoreError:
@@ -293,7 +307,7 @@ class SQLiteEventStore(EventStore):
             waiters: list[asyncio.Future[AppendResult]] = []
             events = 0
             while queue:
-                request, waiter = queue[0]
+                request, waiter = queue[0]  # stays first: this thread is the only taker
                 if events and events + len(request.events) > self._max_batch_events:
                     break
                 queue.popleft()
@@ -305,19 +319,27 @@ class SQLiteEventStore(EventStore):
                 outcomes: list[Outcome] | EventStoreError = commit_batch(
                     conn, batch, self._writer_cache
                 )
-            except Exception as exc:
-                outcomes = (
-                    translate_error(exc)
-                    if isinstance(exc, sqlite3.Error)
-                    else exc
-                    if isinstance(exc, EventStoreError)
-                    else StoreUnavailableError(str(exc))
-                )
-            seconds = time.perf_counter() - started
-            try:
-                self._loop.call_soon_threadsafe(self._committed, waiters, outcomes, events, seconds)
-            except RuntimeError:  # the loop is closed: nobody is left to wait
+            except BaseException as exc:
+                outcomes = _store_error(exc)
+                if not isinstance(exc, Exception):  # KeyboardInterrupt and the like
+                    self._post(waiters, outcomes, events, 0.0)
+                    raise
+            if not self._post(waiters, outcomes, events, time.perf_counter() - started):
                 return
+
+    def _post(
+        self,
+        waiters: list[asyncio.Future[AppendResult]],
+        outcomes: list[Outcome] | EventStoreError,
+        events: int,
+        seconds: float,
+    ) -> bool:
+        """From the writer's thread: hand a batch's outcomes to the loop; False if it is closed."""
+        try:
+            self._loop.call_soon_threadsafe(self._committed, waiters, outcomes, events, seconds)
+        except RuntimeError:  # the loop is closed: nobody is left to wait
+            return False
+        return True
 
     def _committed(
         self,
@@ -332,13 +354,16 @@ class SQLiteEventStore(EventStore):
                 if not waiter.done():
                     waiter.set_exception(outcomes)
             return
-        if self._on_batch is not None:
-            self._on_batch(events, seconds)
         last = settle(waiters, outcomes)
         if last > self._last_committed:
             self._last_committed = last
             self._new_events.set()
             self._new_events = asyncio.Event()
+        if self._on_batch is not None:
+            try:
+                self._on_batch(events, seconds)
+            except Exception:  # an observer's failure must not touch the appends
+                log.exception("the group-commit observer failed")
 
     # -- reading -----------------------------------------------------------------
 

@@ -109,6 +109,49 @@ async def test_a_failed_batch_fails_its_appends_and_the_writer_goes_on(
         assert (await store.verify()).ok
 
 
+async def test_only_the_failed_batch_of_a_drain_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One event per batch: the writer commits the queued appends as three batches, and
+    # the first one's failure is that batch's alone.
+    real = sqlite_module.commit_batch
+    failures = [sqlite3.OperationalError("disk I/O error")]
+
+    def failing_once(conn: sqlite3.Connection, batch: Any, cache: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return real(conn, batch, cache)
+
+    monkeypatch.setattr(sqlite_module, "commit_batch", failing_once)
+    async with await SQLiteEventStore.open(
+        tmp_path / "f.db", poll_interval=None, max_batch_events=1
+    ) as store:
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(
+                *(store.append(f"s{i}", [new()]) for i in range(3)), return_exceptions=True
+            ),
+            WAIT,
+        )
+        assert isinstance(outcomes[0], StoreUnavailableError)
+        assert isinstance(outcomes[0].__cause__, sqlite3.OperationalError)
+        assert outcomes[1:] == [AppendResult("s1", 1, 1, 1), AppendResult("s2", 2, 2, 1)]
+
+
+async def test_a_failing_batch_observer_does_not_hold_the_appends(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def observer(events: int, seconds: float) -> None:
+        raise RuntimeError("the metrics broke")
+
+    async with await SQLiteEventStore.open(
+        tmp_path / "o.db", poll_interval=None, on_batch=observer
+    ) as store:
+        result = await asyncio.wait_for(store.append("s", [new()]), WAIT)
+        assert result == AppendResult("s", 1, 1, 1)
+        assert await store.last_position() == 1
+    assert "group-commit observer failed" in caplog.text
+
+
 async def test_two_stores_on_one_file_share_the_log(tmp_path: Path) -> None:
     # Several processes may open one file; two store objects in one process are the same
     # case. Each must see the other's commits when it checks versions and chains hashes.
