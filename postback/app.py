@@ -21,7 +21,7 @@ from postback.backend import open_store
 from postback.config import Config
 from postback.directory import Directory
 from postback.errors import ApiError
-from postback.http import json_response
+from postback.http import MAX_BODY, json_response
 from postback.keys import CONFIG, DIRECTORY, METRICS, PARTNERS, STORE
 from postback.metrics import Metrics
 from postback.outbox import CLOCK, Clock
@@ -138,7 +138,13 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     middlewares: list[Middleware] = [measured, errors_as_json]
     if config.trusted_proxies:
         middlewares.insert(0, trusted_source(config.trusted_proxies))
-    app = web.Application(middlewares=middlewares, client_max_size=1024**2)
+    app = web.Application(
+        middlewares=middlewares,
+        client_max_size=MAX_BODY,
+        # Bodies are decoded by postback.codings, which refuses a compressed stream cut
+        # short; aiohttp's own decoding would pass on what it got of it.
+        handler_args={"auto_decompress": False},
+    )
     app[CONFIG] = config
     app[METRICS] = Metrics()
     if clock is not None:

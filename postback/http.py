@@ -9,14 +9,17 @@ from urllib.parse import parse_qsl
 
 import orjson
 from aiohttp import hdrs, web
+from aiohttp.web_protocol import RequestPayloadError
 
 from eventstore.base import id_bits
-from postback.errors import ApiError, bad_request
+from postback.codings import decode_body, too_large
+from postback.errors import bad_request
 from postback.multipart import MultipartError, multipart_fields
 from postback.proxies import source_of
 
 MAX_RECORDED = 8192  # characters of a raw query or body kept in the postback log
 MAX_FIELD = 1024  # characters of one parameter kept in the log's summary fields
+MAX_BODY = 1024**2  # bytes of a request body, as sent and once decoded
 
 
 def json_response(
@@ -70,12 +73,25 @@ def _scalar(name: str, value: Any) -> str | None:
 
 
 async def read_body(request: web.Request) -> bytes:
-    if request.method != "POST" or not request.body_exists:
+    """A partner request's body: a POST's, decoded from its ``Content-Encoding``; none
+    for other methods. Raises ApiError (413, 415, 400) for a body that cannot be read."""
+    if request.method != "POST":
+        return b""
+    return await request_body(request)
+
+
+async def request_body(request: web.Request) -> bytes:
+    """The body of ``request`` (any method), decoded from its ``Content-Encoding``."""
+    if not request.body_exists:
         return b""
     try:
-        return await request.read()
+        raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
-        raise ApiError(413, "too_large", "the request body is too large") from exc
+        raise too_large() from exc
+    except RequestPayloadError as exc:  # a broken chunked encoding, say
+        raise bad_request("bad_body", "the request body cannot be read") from exc
+    coding = request.headers.get(hdrs.CONTENT_ENCODING)
+    return raw if coding is None else decode_body(raw, coding, MAX_BODY)
 
 
 def partner_params(request: web.Request, body: bytes) -> dict[str, str]:
@@ -133,7 +149,7 @@ def summarize(record: dict[str, Any], params: dict[str, str]) -> None:
 
 async def json_body(request: web.Request) -> dict[str, Any]:
     """An operator request's JSON object body, or a 400 saying what is wrong with it."""
-    raw = await read_body(request) if request.method == "POST" else await request.read()
+    raw = await request_body(request)
     return json_object(raw, "bad_json") if raw else {}
 
 

@@ -30,7 +30,7 @@ async def _partner_request(request: web.Request, endpoint: str) -> PartnerReques
     """The parsed request, or the answer already given (and logged) to an unparseable one."""
     try:
         body = await read_body(request)
-    except ApiError as error:  # too large to read: logged without its body
+    except ApiError as error:  # too large, or not readable: logged without its body
         record = request_record(request, endpoint, b"")
         summarize(record, partner_params(request, b""))
         await request.app[PARTNERS].log_rejection(record, None, error)
