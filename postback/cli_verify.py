@@ -15,6 +15,7 @@ stdout; exit 0 when all is well, 1 otherwise.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from dataclasses import dataclass
 
@@ -202,17 +203,28 @@ def verify(
         print(f"postback: verify could not replay the projections: {exc}", file=sys.stderr)
         return 1
     report, position, replayed = found.log, found.position, found.replayed
+    ok = report.ok and all(diff.ok for diff in found.diffs) and replayed == position
+    try:
+        _print_report(found)
+    except BrokenPipeError:
+        # The reader went away (``| head``): the verdict stands, whatever it read of it.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 0 if ok else 1
+
+
+def _print_report(found: Verification) -> None:
+    report, position, replayed = found.log, found.position, found.replayed
     _print_log_report(report)
-    ok = all(diff.ok for diff in found.diffs)
     print(f"projections: compared with a fresh replay of positions 1..{position:,}")
     if replayed != position:
         print(f"projections: the replay reached only position {replayed:,} of the log")
     for line in format_report(found.diffs):
         print(line)
     bad = [diff.name for diff in found.diffs if not diff.ok]
-    if report.ok and ok and replayed == position:
+    if report.ok and not bad and replayed == position:
         print("verify: OK")
-        return 0
+        return
     problems = []
     if report.finding is not None:
         problems.append(f"log tampered at position {report.finding.position}")
@@ -221,7 +233,6 @@ def verify(
     if replayed != position:
         problems.append(f"projections are ahead of the log ({position:,} > {replayed:,})")
     print(f"verify: FAILED ({'; '.join(problems)})")
-    return 1
 
 
 def parse_anchor(text: str) -> tuple[int, bytes]:

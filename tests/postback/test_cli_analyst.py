@@ -253,6 +253,25 @@ def test_verify_names_the_tampered_log_position(
     assert "goal_stats: DIFFERS" in out  # the live rows were built from the original
 
 
+def _verify_into_a_closed_pipe(monkeypatch: pytest.MonkeyPatch, db: str) -> int:
+    """``postback verify`` whose reader has gone (``| head -0``): its exit status."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with open(write_end, "w", buffering=1) as stdout:  # the first line breaks the pipe
+        monkeypatch.setattr(sys, "stdout", stdout)
+        return cli.main(["verify", "--db", db])
+
+
+def test_verify_keeps_its_verdict_when_its_reader_goes_away(
+    monkeypatch: pytest.MonkeyPatch, db: str
+) -> None:
+    # An auditor's `postback verify | head -1` must still fail on a tampered log.
+    assert _verify_into_a_closed_pipe(monkeypatch, db) == 0
+    (position,) = _sql(db, "SELECT MAX(position) FROM events WHERE type = 'GoalReached'")[0]
+    _sql(db, "UPDATE events SET recorded_us = recorded_us + 1 WHERE position = ?", (position,))
+    assert _verify_into_a_closed_pipe(monkeypatch, db) == 1
+
+
 def test_verify_notices_events_deleted_from_the_end(
     capsys: pytest.CaptureFixture[str], db: str
 ) -> None:
