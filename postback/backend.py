@@ -31,9 +31,10 @@ class MissingLogError(LookupError):
 
 
 class LogUnavailableError(StoreUnavailableError):
-    """The configured PostgreSQL log cannot be opened: the server does not answer or refuses
-    the login, the DSN is malformed, or no schema of its ``search_path`` exists. The message
-    names the log (as :func:`describe` does) and the cause, on one line."""
+    """The configured log cannot be opened: the SQLite path is a directory, not a database
+    or cannot be opened; the PostgreSQL server does not answer or refuses the login, the
+    DSN is malformed, or no schema of its ``search_path`` exists. The message names the
+    log (as :func:`describe` does) and the cause, on one line."""
 
 
 def with_search_path(dsn: str, schema: str) -> str:
@@ -121,12 +122,15 @@ async def open_store(
 
     if must_exist:
         require_log_file(config)
-    return await SQLiteEventStore.open(
-        config.db_path,
-        durability=durability,
-        on_batch=on_batch,
-        poll_interval=poll_interval,
-    )
+    try:
+        return await SQLiteEventStore.open(
+            config.db_path,
+            durability=durability,
+            on_batch=on_batch,
+            poll_interval=poll_interval,
+        )
+    except StoreUnavailableError as exc:  # a directory, not a database, not readable...
+        raise _unavailable(config, exc) from exc
 
 
 def projection_database(config: Config) -> ProjectionDatabase | None:

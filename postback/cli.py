@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from eventstore.errors import EventStoreError
 from postback import cli_analyst, migrate
 from postback.backend import LogUnavailableError, MissingLogError, describe
-from postback.config import PROJECTORS, Config, ConfigError
+from postback.config import PROJECTORS, Config, ConfigError, parse_port
 from postback.model import MAX_TEXT
 from postback.runtime import tune_process
 from postback.signals import stop_on_signals
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the service")
     _database_options(serve)
     serve.add_argument("--host", help="listen address (default 127.0.0.1, or POSTBACK_HOST)")
-    serve.add_argument("--port", type=int, help="listen port (default 8080, or POSTBACK_PORT)")
+    serve.add_argument("--port", type=port, help="listen port (default 8080, or POSTBACK_PORT)")
     serve.add_argument(
         "--demo", action="store_true", help="seed demo data first and print curl lines"
     )
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="seed a demo account, spot, goals and subscribers")
     _database_options(demo)
     demo.add_argument("--host", help="the address the curl lines should use")
-    demo.add_argument("--port", type=int, help="the port the curl lines should use")
+    demo.add_argument("--port", type=port, help="the port the curl lines should use")
 
     account = commands.add_parser("account", help="manage accounts")
     account_commands = account.add_subparsers(dest="account_command", required=True)
@@ -75,6 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     cli_analyst.add_commands(commands, _database_options)
     migrate.add_command(commands, cli_analyst.positive_int)
     return parser
+
+
+class ListenError(Exception):
+    """``serve`` cannot listen where it was told to."""
+
+
+def port(text: str) -> int:
+    """An argparse type: a TCP port, 0 (any free one) to 65535."""
+    try:
+        return parse_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 async def serve(config: Config) -> None:
@@ -92,7 +104,12 @@ async def serve(config: Config) -> None:
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.host, config.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # the port is taken, the host unknown or not this machine's
+            raise ListenError(
+                f"cannot listen on {config.host} port {config.port}: {exc.strerror or exc}"
+            ) from exc
         host, port = runner.addresses[0][:2]
         print(
             f"postback: serving {describe(config)} on http://{host}:{port}",
@@ -135,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = dataclasses.replace(config, dsn=None)
     try:
         return _dispatch(args, config)
-    except (MissingLogError, LogUnavailableError) as exc:
+    except (MissingLogError, LogUnavailableError, ListenError) as exc:
         print(f"postback: {exc}", file=sys.stderr)
         return 2
     except EventStoreError as exc:
@@ -173,7 +190,17 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         from postback.offline import create_account_offline
 
         account_id, api_key = asyncio.run(create_account_offline(config, args.name))
-        print(f"account {account_id} created\napi key: {api_key}")
+        try:
+            print(f"account {account_id} created\napi key: {api_key}", flush=True)
+        except OSError:  # standard output is gone (`| head -0`, a full disk): the key is
+            # shown once, so it goes where the operator still sees something
+            cli_analyst.silence_stdout()
+            print(
+                f"postback: account {account_id} created, but its API key could not be"
+                f" written to standard output; api key: {api_key}",
+                file=sys.stderr,
+            )
+            return 1
         return 0
     if args.command == "demo" or (args.command == "serve" and args.demo):
         from postback.demo import run_demo

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
+import errno
+import io
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -125,8 +128,10 @@ def add_commands(
     stats.add_argument("--tz", default="UTC", help="IANA time zone of days (default UTC)")
     stats.add_argument("--from", dest="date_from", metavar="DATE", help="first local day")
     stats.add_argument("--to", dest="date_to", metavar="DATE", help="last local day")
-    stats.add_argument("--account", type=int, metavar="ID", help="one account (default all)")
-    stats.add_argument("--spot", type=int, metavar="ID", help="one spot id")
+    stats.add_argument(
+        "--account", type=positive_int, metavar="ID", help="one account (default all)"
+    )
+    stats.add_argument("--spot", type=positive_int, metavar="ID", help="one spot id")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     database_options(stats)
 
@@ -169,19 +174,27 @@ def add_commands(
     database_options(project)
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number, 1 or more."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+MAX_NUMBER = 2**63 - 1
+"""The largest number an option takes: what both backends store (a signed 64-bit integer)."""
+
+
+def _bounded(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not low <= value <= MAX_NUMBER:
+        raise argparse.ArgumentTypeError(f"must be from {low} to {MAX_NUMBER}, got {text}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number, 1 or more (at most :data:`MAX_NUMBER`)."""
+    return _bounded(text, 1)
 
 
 def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
-    return value
+    return _bounded(text, 0)
 
 
 def _anchor(text: str) -> tuple[int, bytes]:
@@ -216,10 +229,21 @@ def run(args: argparse.Namespace, config: Config) -> int:
     except BrokenPipeError:
         # The reader went away (``| head``): not an error; keep Python from complaining
         # when it flushes stdout at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        silence_stdout()
         return 0
+    except OSError as exc:  # the output cannot be written: a full disk, say
+        silence_stdout()
+        print(f"postback: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     raise AssertionError(f"not an analyst command: {args.command}")
+
+
+def silence_stdout() -> None:
+    """Point standard output at /dev/null, so that nothing more is tried on a broken one
+    (Python flushes it at exit, and would complain)."""
+    if sys.stdout is not None:
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _error(message: str) -> int:
@@ -340,9 +364,13 @@ def export(config: Config, fmt: str, after: int, until: str | None) -> int:
 
 
 async def _export(config: Config, fmt: str, after: int, deadline: datetime | None) -> int:
+    if sys.stdout is None:
+        raise OSError(errno.EBADF, "standard output is closed")
     store = await open_store(config, must_exist=True, poll_interval=None)
-    out = sys.stdout
-    writer = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
+    sys.stdout.flush()
+    out = sys.stdout.buffer  # bytes in UTF-8, as the log's JSON is, whatever the locale
+    rows = io.StringIO()
+    writer = csv.writer(rows, lineterminator="\n") if fmt == "csv" else None
     count = 0
     try:
         if writer is not None:
@@ -356,12 +384,17 @@ async def _export(config: Config, fmt: str, after: int, deadline: datetime | Non
                 batch = [event for event in batch if event.recorded_at <= deadline]
                 stop = True
             if writer is None:
-                out.write("".join(orjson.dumps(export_record(e)).decode() + "\n" for e in batch))
+                out.write(b"".join(orjson.dumps(export_record(e)) + b"\n" for e in batch))
             else:
                 writer.writerows(_csv_row(event) for event in batch)
+                out.write(rows.getvalue().encode())
+                rows.seek(0)
+                rows.truncate()
             count += len(batch)
             if stop:
                 break
+        if writer is not None and not count:
+            out.write(rows.getvalue().encode())  # the header alone
         out.flush()
     finally:
         await store.close()

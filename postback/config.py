@@ -114,6 +114,17 @@ def _count(text: str) -> int:
     return value
 
 
+def parse_port(text: str) -> int:
+    """A TCP port, 0 (any free one) to 65535; ValueError otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"a port is a number from 0 to 65535, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise ValueError(f"a port is a number from 0 to 65535, got {text}")
+    return value
+
+
 def _seconds(text: str) -> float:
     value = float(text)
     if not math.isfinite(value) or value < 0:
@@ -125,7 +136,7 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "POSTBACK_DB": ("db_path", str),
     "POSTBACK_DSN": ("dsn", str),
     "POSTBACK_HOST": ("host", str),
-    "POSTBACK_PORT": ("port", int),
+    "POSTBACK_PORT": ("port", parse_port),
     "POSTBACK_ADMIN_TOKEN": ("admin_token", str),
     "POSTBACK_FACEBOOK_GRAPH_URL": ("facebook_graph_url", str),
     "POSTBACK_FACEBOOK_API_VERSION": ("facebook_api_version", str),

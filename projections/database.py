@@ -47,7 +47,7 @@ from typing import Any, Final, Literal, Protocol, TypeVar
 
 import aiosqlite
 
-from eventstore.errors import EventStoreError
+from eventstore.errors import EventStoreError, StoreUnavailableError
 from eventstore.sqlite import open_connection, run_in_thread
 
 if sys.platform != "win32":
@@ -296,7 +296,16 @@ class SQLiteProjectionDatabase(ProjectionDatabase):
                     "PRAGMA synchronous = NORMAL",
                 ]
             )
-            writer = await open_connection(self._path, ["PRAGMA busy_timeout = 10000", *durability])
+            try:
+                writer = await open_connection(
+                    self._path, ["PRAGMA busy_timeout = 10000", *durability]
+                )
+            except StoreUnavailableError as exc:  # a directory, not a database...
+                raise StoreUnavailableError(
+                    f"cannot open the projections file {self._path}: {exc} (it holds only"
+                    " what the log rebuilds: once it is moved away, the projections are"
+                    " built again from the log)"
+                ) from exc
             try:
                 reader = await open_connection(
                     self._path, ["PRAGMA busy_timeout = 10000", "PRAGMA query_only = 1"]
