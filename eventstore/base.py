@@ -29,7 +29,7 @@ from typing import Any, Final
 
 import orjson
 
-from eventstore.errors import InvalidEventError
+from eventstore.errors import EventStoreError, InvalidEventError
 
 JSONObject = Mapping[str, Any]
 
@@ -523,6 +523,13 @@ class EventStore(abc.ABC):
     @abc.abstractmethod
     def writable(self) -> bool:
         """Whether appends can be taken now: open, and the writer running (for health checks)."""
+
+    @property
+    @abc.abstractmethod
+    def write_failure(self) -> EventStoreError | None:
+        """Why the last group commit failed as a whole (the database would not take it: a
+        read-only file, a full disk, the server away), or None: none has failed since the
+        last one that committed (for health checks: the writer runs but cannot write)."""
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -61,7 +61,7 @@ from eventstore.base import (
     positions_to_read,
 )
 from eventstore.chain import ChainVerifier
-from eventstore.errors import InvalidEventError, StoreClosedError
+from eventstore.errors import EventStoreError, InvalidEventError, StoreClosedError
 from eventstore.postgres_driver import (
     DEFAULT_CONNECT_TIMEOUT,
     DRIVER_ERRORS,
@@ -180,6 +180,10 @@ class PostgresEventStore(EventStore):
     def writable(self) -> bool:
         """Whether appends can be taken: open, and the writer task is running."""
         return not self._closed and self._writer.alive
+
+    @property
+    def write_failure(self) -> EventStoreError | None:
+        return self._writer.failure
 
     async def _connect_listener(self) -> Connection:
         # Named, so that an operator can tell this forever idle connection in pg_stat_activity.

@@ -192,6 +192,7 @@ class SQLiteEventStore(EventStore):
         self._queue: deque[tuple[AppendRequest, asyncio.Future[AppendResult]]] = deque()
         self._loop = asyncio.get_running_loop()
         self._writer_cache = WriterCache()
+        self._write_failure: EventStoreError | None = None
         self._wakeup = asyncio.Event()
         self._new_events = asyncio.Event()
         self._last_committed = last_position
@@ -264,6 +265,10 @@ class SQLiteEventStore(EventStore):
     def writable(self) -> bool:
         """Whether appends can be taken: open, and the writer task is running."""
         return not self._closed and not self._writer_task.done()
+
+    @property
+    def write_failure(self) -> EventStoreError | None:
+        return self._write_failure
 
     # -- appending ---------------------------------------------------------------
 
@@ -350,10 +355,12 @@ class SQLiteEventStore(EventStore):
     ) -> None:
         """On the loop's thread: a batch's callers get their outcomes (or its error)."""
         if isinstance(outcomes, EventStoreError):
+            self._write_failure = outcomes
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_exception(outcomes)
             return
+        self._write_failure = None
         last = settle(waiters, outcomes)
         if last > self._last_committed:
             self._last_committed = last

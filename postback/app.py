@@ -108,6 +108,9 @@ async def healthz(request: web.Request) -> web.Response:
     position = await store.last_position()
     if not store.writable:
         return json_response({"ok": False, "error": "the log writer is not running"}, 503)
+    failure = store.write_failure
+    if failure is not None:  # running, but the database takes nothing (read-only, full...)
+        return json_response({"ok": False, "error": f"the last append failed: {failure}"}, 503)
     runner = request.app[postbacks.RUNNER]
     return json_response(
         {

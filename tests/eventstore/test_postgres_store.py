@@ -278,10 +278,12 @@ async def test_a_lost_writer_connection_fails_its_batch_and_reconnects(pg_schema
                     FOR EACH ROW WHEN (NEW.type = 'Die') EXECUTE FUNCTION die();
                 """
             )
-        with pytest.raises(StoreUnavailableError):
+        with pytest.raises(StoreUnavailableError) as caught:
             await store.append("s", [new("Die")], 1)
         assert store.writable
+        assert store.write_failure is caught.value  # for health checks, until a commit
         assert await store.append("s", [new("Fine")], 1) == AppendResult("s", 2, 2, 2)
+        assert store.write_failure is None
         everything = await read_everything(store)
         assert_gap_free(everything)
         assert (await store.verify()).ok
@@ -304,7 +306,9 @@ async def test_a_session_holding_the_chain_head_makes_appends_unavailable_not_ha
                 await asyncio.wait_for(store.append("s", [new()], 1), WAIT)
             await transaction.rollback()
         assert store.writable
+        assert store.write_failure is not None
         assert await store.append("s", [new()], 1) == AppendResult("s", 2, 2, 2)
+        assert store.write_failure is None
         assert (await store.verify()).ok
 
 

@@ -104,8 +104,10 @@ async def test_a_failed_batch_fails_its_appends_and_the_writer_goes_on(
             await asyncio.wait_for(store.append("s", [new()]), WAIT)
         assert type(caught.value) is expected
         assert store.writable
+        assert store.write_failure is caught.value  # for health checks, until a commit
         result = await store.append("s", [new()], NO_STREAM)  # nothing of the first landed
         assert result == AppendResult("s", 1, 1, 1)
+        assert store.write_failure is None
         assert (await store.verify()).ok
 
 

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import io
+import sqlite3
 from typing import Any
 
 import pytest
 
+from eventstore import postgres_writer
+from eventstore import sqlite as sqlite_module
+from eventstore.errors import StoreUnavailableError
+from eventstore.sqlite import SQLiteEventStore
+from postback.keys import STORE
 from tests.postback.conftest import MakeClient
 from tests.postback.helpers import (
     ADMIN,
@@ -753,6 +759,38 @@ async def test_healthz(client: Client, api: Api, world: World) -> None:
     assert body["ok"] is True
     # The only instance leads its projections, and they are up to date.
     assert body["projections"] == {"leader": True, "position": body["position"]}
+
+
+async def test_healthz_is_503_while_the_log_takes_no_appends(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer runs, but the database refuses to write (a read-only file, a full disk):
+    # a load balancer must see it, not a 200 beside a 503 for every postback.
+    store = client.server.app[STORE]
+    if isinstance(store, SQLiteEventStore):
+
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+
+        monkeypatch.setattr(sqlite_module, "commit_batch", refuse)
+    else:
+
+        async def refuse_async(*args: Any, **kwargs: Any) -> Any:
+            raise StoreUnavailableError("PostgreSQL: the database is read-only")
+
+        monkeypatch.setattr(postgres_writer, "commit_batch", refuse_async)
+    status, body = await postback(client, clickid=world.clickid, goal="reg")
+    assert status == 503, body
+    status, body = await answer(await client.get("/healthz"))
+    assert status == 503, body
+    assert body["ok"] is False
+    assert body["error"].startswith("the last append failed: ")
+    assert "read" in body["error"]
+
+    monkeypatch.undo()  # the database takes appends again
+    assert (await postback(client, clickid=world.clickid, goal="reg"))[0] == 200
+    status, body = await answer(await client.get("/healthz"))
+    assert (status, body["ok"]) == (200, True)
 
 
 async def test_metrics(client: Client, world: World) -> None:
