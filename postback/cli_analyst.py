@@ -183,8 +183,11 @@ def _bounded(text: str, low: int) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not low <= value <= MAX_NUMBER:
-        raise argparse.ArgumentTypeError(f"must be from {low} to {MAX_NUMBER}, got {text}")
+    if value < low:
+        limit = "must not be negative" if low == 0 else f"must be at least {low}"
+        raise argparse.ArgumentTypeError(f"{limit}, got {text}")
+    if value > MAX_NUMBER:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_NUMBER}, got {text}")
     return value
 
 

@@ -201,21 +201,40 @@ async def configure_telegram(request: web.Request) -> web.Response:
 async def define_goal(request: web.Request) -> web.Response:
     account = await account_of(request)
     name = request.match_info["name"]
-    if name in STANDARD_GOALS:
+    if name.lower() in STANDARD_GOALS:  # "Dep" too: a partner's goal=Dep is no deposit
         raise bad_request("standard_goal", f"{name!r} is a standard goal and cannot be redefined")
     if not _GOAL_NAME.fullmatch(name):
         raise bad_request("bad_goal_name", "a goal name is 1-64 ASCII letters, digits or _ . : -")
     body = await json_body(request)
-    profile = body.get("profile")
-    if profile is not None and (
-        not isinstance(profile, dict)
-        or not all(isinstance(k, str) and len(k) <= 64 for k in profile)
-        or any(isinstance(v, dict | list) for v in profile.values())
-    ):
-        raise bad_request("bad_field", "'profile' must be an object of field names to plain values")
+    profile = _profile(body.get("profile"))
     notify = text_field(body, "notify", required=False, limit=4096)
     await commands.define_goal(request.app[DIRECTORY], account, name, profile, notify)
     return json_response({"name": name, "profile": profile, "notify": notify})
+
+
+MAX_PROFILE_FIELDS = 64
+MAX_PROFILE_TEXT = 1024
+
+
+def _profile(profile: Any) -> dict[str, Any] | None:
+    """A goal's profile: at most 64 fields (names of 1 to 64 characters) of plain values,
+    texts of at most 1,024 characters. Bounded because every conversion of the goal
+    copies it into the append-only log."""
+    if profile is None:
+        return None
+    if (
+        not isinstance(profile, dict)
+        or not all(isinstance(k, str) and 1 <= len(k) <= 64 for k in profile)
+        or any(isinstance(v, dict | list) for v in profile.values())
+    ):
+        raise bad_request("bad_field", "'profile' must be an object of field names to plain values")
+    if len(profile) > MAX_PROFILE_FIELDS:
+        raise bad_request("bad_field", f"'profile' has at most {MAX_PROFILE_FIELDS} fields")
+    if any(isinstance(v, str) and len(v) > MAX_PROFILE_TEXT for v in profile.values()):
+        raise bad_request(
+            "bad_field", f"a 'profile' value is at most {MAX_PROFILE_TEXT} characters"
+        )
+    return profile
 
 
 async def list_goals(request: web.Request) -> web.Response:

@@ -332,16 +332,26 @@ async def test_goals_are_per_account(api: Api) -> None:
     assert [g["name"] for g in goals] == ["reg", "dep", "redep", "rebill"]
 
 
-@pytest.mark.parametrize("name", ["reg", "dep", "redep", "rebill"])
+@pytest.mark.parametrize("name", ["reg", "dep", "redep", "rebill", "REG", "Dep", "reDep"])
 async def test_standard_goal_names_are_refused(api: Api, name: str) -> None:
+    # In any case: a custom "Dep" would let a partner's goal=Dep count as no deposit.
     key = await api.create_account()
     status, body = await api.call("PUT", f"/api/v1/goals/{name}", key, json={})
     assert status == 400, body
     is_error(status, body)
     status, goals = await api.call("GET", "/api/v1/goals", key)
-    assert [g for g in goals if g["name"] == name] == [
-        {"name": name, "standard": True, "profile": None, "notify": None}
+    assert [g for g in goals if g["name"].lower() == name.lower()] == [
+        {"name": name.lower(), "standard": True, "profile": None, "notify": None}
     ]
+
+
+async def test_a_goal_profile_at_its_bounds_is_taken(api: Api) -> None:
+    key = await api.create_account()
+    profile: dict[str, object] = {f"f{i}": i for i in range(63)}
+    profile["k" * 64] = "x" * 1024
+    status, body = await api.call("PUT", "/api/v1/goals/wide", key, json={"profile": profile})
+    assert status == 200, body
+    assert body["profile"] == profile
 
 
 async def test_a_goal_profile_is_applied_to_the_subscriber(
@@ -367,6 +377,9 @@ async def test_a_goal_profile_is_applied_to_the_subscriber(
         ("ok", b'{"profile": {"a": {"b": 1}}}'),
         ("ok", b'{"profile": {"a": [1]}}'),
         ("ok", b'{"profile": {"' + b"k" * 65 + b'": 1}}'),
+        ("ok", b'{"profile": {"": 1}}'),
+        ("ok", b'{"profile": {"v": "' + b"x" * 1025 + b'"}}'),
+        ("ok", b'{"profile": {' + b",".join(b'"f%d": 1' % i for i in range(65)) + b"}}"),
         ("ok", b'{"notify": ["x"]}'),
         ("ok", b'{"notify": {"x": 1}}'),
         ("ok", b'{"notify": "' + b"x" * 4097 + b'"}'),
