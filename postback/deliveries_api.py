@@ -4,6 +4,10 @@
   the same URL again replaces its secret (200, same id). At most :data:`MAX_WEBHOOKS` per
   account. Recorded as ``WebhookRegistered`` in ``webhooks-{account}``.
 * ``GET /api/v1/webhooks``: the account's webhooks (secrets masked).
+* ``DELETE /api/v1/webhooks/{id}``: 200 ``{"id", "url", "removed": true}``, 404 if the
+  account has no such webhook (now). Recorded as ``WebhookRemoved``: goal events after
+  it make no delivery to it; deliveries made before keep their attempts and retries.
+  Ids are never reused: a URL registered again gets a new one.
 * ``GET /api/v1/deliveries?status=&channel=&after=&limit=``: the account's outbound
   deliveries with every attempt, from the ``deliveries`` projection, and its targets
   failing or paused right now.
@@ -22,11 +26,11 @@ from aiohttp import web
 from eventstore import ConcurrencyError, NewEvent, RecordedEvent
 from eventstore.base import micros_from_utc
 from postback.channels.addresses import webhook_url
-from postback.errors import ApiError, bad_request, conflict
+from postback.errors import ApiError, bad_request, conflict, not_found
 from postback.http import json_body, json_response
 from postback.keys import CONFIG, STORE
 from postback.model import SUBSCRIBERS, subscriber_stream
-from postback.operator import account_of, int_param, own_subscriber, text_field
+from postback.operator import account_of, int_param, own_subscriber, path_id, text_field
 from postback.outbox import CLOCK, Clock
 from postback.postbacks import fresh_runner
 from postback.views import event_json
@@ -59,19 +63,24 @@ def _secret(body: dict[str, Any]) -> str:
     return secret
 
 
-def _registered(events: list[RecordedEvent]) -> dict[str, dict[str, Any]]:
-    """The account's webhooks by URL, as its stream says now."""
+def _registered(events: list[RecordedEvent]) -> tuple[dict[str, dict[str, Any]], int]:
+    """The account's webhooks by URL, as its stream says now, and the next webhook id
+    (one more than any ever given: a removed webhook's id is not given again)."""
     hooks: dict[str, dict[str, Any]] = {}
+    last_id = 0
     for event in events:
+        data = event.data
         if event.type == p.WEBHOOK_REGISTERED:
-            data = event.data
             hooks[data["url"]] = {
                 "id": data["webhook_id"],
                 "url": data["url"],
                 "secret": MASK,
                 "registered_at": event.recorded_at.isoformat(),
             }
-    return hooks
+            last_id = max(last_id, data["webhook_id"])
+        elif event.type == p.WEBHOOK_REMOVED:
+            hooks = {url: hook for url, hook in hooks.items() if hook["id"] != data["webhook_id"]}
+    return hooks, last_id + 1
 
 
 async def register_webhook(request: web.Request) -> web.Response:
@@ -86,11 +95,11 @@ async def register_webhook(request: web.Request) -> web.Response:
     stream = p.webhooks_stream(account.id)
     for _ in range(_ATTEMPTS):
         events = await store.read_stream(stream)
-        hooks = _registered(events)
+        hooks, next_id = _registered(events)
         known = hooks.get(url)
         if known is None and len(hooks) >= MAX_WEBHOOKS:
             raise conflict("too_many_webhooks", f"an account may have {MAX_WEBHOOKS} webhooks")
-        webhook_id = known["id"] if known else len(hooks) + 1
+        webhook_id = known["id"] if known else next_id
         data = {"account_id": account.id, "webhook_id": webhook_id, "url": url, "secret": secret}
         try:
             await store.append(
@@ -107,8 +116,30 @@ async def register_webhook(request: web.Request) -> web.Response:
 async def list_webhooks(request: web.Request) -> web.Response:
     account = await account_of(request)
     events = await request.app[STORE].read_stream(p.webhooks_stream(account.id))
-    hooks = sorted(_registered(events).values(), key=lambda hook: int(hook["id"]))
+    hooks = sorted(_registered(events)[0].values(), key=lambda hook: int(hook["id"]))
     return json_response({"webhooks": hooks})
+
+
+async def remove_webhook(request: web.Request) -> web.Response:
+    account = await account_of(request)
+    webhook_id = path_id(request)
+    store = request.app[STORE]
+    stream = p.webhooks_stream(account.id)
+    for _ in range(_ATTEMPTS):
+        events = await store.read_stream(stream)
+        hooks = _registered(events)[0]
+        found = next((hook for hook in hooks.values() if hook["id"] == webhook_id), None)
+        if found is None:
+            raise not_found("webhook_not_found", f"no webhook {webhook_id} in this account")
+        data = {"account_id": account.id, "webhook_id": webhook_id, "url": found["url"]}
+        try:
+            await store.append(
+                stream, [NewEvent(p.WEBHOOK_REMOVED, data)], expected_version=events[-1].version
+            )
+        except ConcurrencyError:
+            continue  # a registration or removal landed first: look again
+        return json_response({"id": webhook_id, "url": found["url"], "removed": True})
+    raise ApiError(503, "busy", "too many concurrent webhook changes; try again")
 
 
 def _choice(request: web.Request, name: str, allowed: tuple[str, ...]) -> str | None:
@@ -178,5 +209,6 @@ async def subscriber_events(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/webhooks", register_webhook)
     app.router.add_get("/api/v1/webhooks", list_webhooks)
+    app.router.add_delete("/api/v1/webhooks/{id}", remove_webhook)
     app.router.add_get("/api/v1/deliveries", deliveries)
     app.router.add_get("/api/v1/subscribers/{id}/events", subscriber_events)

@@ -102,7 +102,7 @@ def int_param(
     return value
 
 
-def _path_id(request: web.Request) -> int:
+def path_id(request: web.Request) -> int:
     value = plain_integer(request.match_info["id"])
     if value is None:
         raise not_found("not_found", "no such object")
@@ -155,7 +155,7 @@ async def list_spots(request: web.Request) -> web.Response:
 
 async def _own_spot(request: web.Request, account: Account) -> Spot:
     directory = request.app[DIRECTORY]
-    spot_id = _path_id(request)
+    spot_id = path_id(request)
     if spot_id not in directory.spots:
         await directory.refresh(SPOTS)
     spot = directory.spots.get(spot_id)
@@ -275,7 +275,7 @@ async def create_subscriber(request: web.Request) -> web.Response:
 
 
 async def own_subscriber(request: web.Request, account: Account) -> int:
-    subscriber_id = _path_id(request)
+    subscriber_id = path_id(request)
     subscriber = await request.app[DIRECTORY].subscriber(subscriber_id)
     if subscriber is None or subscriber.account_id != account.id:
         raise not_found("subscriber_not_found", "no such subscriber")

@@ -5,7 +5,7 @@ It folds three kinds of events, in log order:
 * **configuration**, into tables of what holds *at that point of the log*:
   ``FacebookConfigured`` (``delivery_facebook``), ``TelegramConfigured``
   (``delivery_telegram``), the ``notify`` text of ``GoalDefined`` (``delivery_goal_notify``),
-  ``WebhookRegistered`` (``delivery_webhooks``), and ``SubscriberCreated`` /
+  ``WebhookRegistered`` and ``WebhookRemoved`` (``delivery_webhooks``), and ``SubscriberCreated`` /
   ``PlayerIdAssigned`` (``delivery_subscribers``: user id, fbclid, fbp, creation time,
   player id);
 * **sources**, into ``deliveries`` rows, pending, with everything needed to send them: a
@@ -63,7 +63,13 @@ _OUTCOMES: Final = frozenset(
     {p.DELIVERY_ATTEMPTED, p.DELIVERY_SUCCEEDED, p.DELIVERY_FAILED, p.DELIVERY_EXPIRED}
 )
 _CONFIGURATION: Final = frozenset(
-    {"FacebookConfigured", "TelegramConfigured", "GoalDefined", p.WEBHOOK_REGISTERED}
+    {
+        "FacebookConfigured",
+        "TelegramConfigured",
+        "GoalDefined",
+        p.WEBHOOK_REGISTERED,
+        p.WEBHOOK_REMOVED,
+    }
 )
 _FINAL: Final = {
     p.DELIVERY_SUCCEEDED: p.SUCCEEDED,
@@ -184,6 +190,12 @@ class _Fold:
             if webhook_id is not None and url and secret:
                 conn.execute(UPSERT_WEBHOOK, (account_id, webhook_id, url, secret))
                 self.webhooks.pop(account_id, None)  # re-read, in webhook order
+        elif event.type == p.WEBHOOK_REMOVED and account_id is not None:
+            conn.execute(
+                "DELETE FROM delivery_webhooks WHERE account_id = ? AND webhook_id = ?",
+                (account_id, as_int(data.get("webhook_id"))),
+            )
+            self.webhooks.pop(account_id, None)
 
     def subscriber_event(self, event: RecordedEvent) -> None:
         data = event.data

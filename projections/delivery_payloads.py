@@ -33,6 +33,7 @@ DELIVERY_EXPIRED: Final = "DeliveryExpired"
 CHANNEL_PAUSED: Final = "ChannelPaused"
 CHANNEL_RESUMED: Final = "ChannelResumed"
 WEBHOOK_REGISTERED: Final = "WebhookRegistered"
+WEBHOOK_REMOVED: Final = "WebhookRemoved"
 
 TELEGRAM_MAX_TEXT: Final = 4096
 """Telegram's limit on a message's text; longer rendered texts are cut."""
@@ -52,7 +53,7 @@ def outbox_stream(account_id: int) -> str:
 
 
 def webhooks_stream(account_id: int) -> str:
-    """The stream of an account's ``WebhookRegistered`` events."""
+    """The stream of an account's ``WebhookRegistered`` and ``WebhookRemoved`` events."""
     return f"webhooks-{account_id}"
 
 

@@ -39,6 +39,10 @@ OPERATOR_CALLS = [
     ("PUT", "/api/v1/spots/1/telegram", {"bot_token": "x"}),
     ("GET", "/api/v1/events", None),
     ("GET", "/api/v1/postbacks", None),
+    ("POST", "/api/v1/webhooks", {"url": "https://example.com/", "secret": "s"}),
+    ("GET", "/api/v1/webhooks", None),
+    ("DELETE", "/api/v1/webhooks/1", None),
+    ("GET", "/api/v1/deliveries", None),
 ]
 CALL_IDS = [f"{method} {path}" for method, path, _ in OPERATOR_CALLS]
 

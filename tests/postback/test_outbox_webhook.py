@@ -160,6 +160,50 @@ async def test_only_the_accounts_own_goals_and_only_after_registration(
     assert [r.json["goal"] for r in receiver.of("webhook")] == ["dep"]
 
 
+async def test_a_removed_webhook_gets_nothing_more_and_its_id_is_not_given_again(
+    service: Service, receiver: Receiver
+) -> None:
+    world = await service.world()
+    first = await service.webhook(world.key, receiver.hook_url("a"), SECRET)
+    second = await service.webhook(world.key, receiver.hook_url("b"), SECRET)
+    await postback(service.client, clickid=world.clickid, goal="reg")
+    status, body = await service.api.call("DELETE", f"/api/v1/webhooks/{first['id']}", world.key)
+    assert status == 200, body
+    assert body == {"id": first["id"], "url": receiver.hook_url("a"), "removed": True}
+    await postback(service.client, clickid=world.clickid, goal="dep", sum="1")
+    await service.settle()
+    sent = sorted((r.path, r.json["goal"]) for r in receiver.of("webhook"))
+    assert sent == [("/hook/a", "reg"), ("/hook/b", "dep"), ("/hook/b", "reg")], sent
+
+    status, listed = await service.api.call("GET", "/api/v1/webhooks", world.key)
+    assert [h["id"] for h in listed["webhooks"]] == [second["id"]]
+    # gone now: removing it again is a 404; registering its URL again gives a new id
+    status, body = await service.api.call("DELETE", f"/api/v1/webhooks/{first['id']}", world.key)
+    assert (status, body["code"]) == (404, "webhook_not_found")
+    again = await service.webhook(world.key, receiver.hook_url("a"), SECRET)
+    assert again["id"] == 3
+    events = await service.api.events(world.key)
+    removed = [e for e in events["events"] if e["type"] == "WebhookRemoved"]
+    assert [e["data"] for e in removed] == [
+        {"account_id": 1, "webhook_id": first["id"], "url": receiver.hook_url("a")}
+    ]
+
+
+async def test_removal_is_the_accounts_own_and_frees_a_place(service: Service) -> None:
+    key = await service.api.create_account()
+    other = await service.api.create_account("Other")
+    hooks = [await service.webhook(key, f"https://example.com/{n}", SECRET) for n in range(20)]
+    for path in ("/api/v1/webhooks/1", "/api/v1/webhooks/99", "/api/v1/webhooks/x"):
+        status, body = await service.api.call("DELETE", path, other)
+        assert status == 404, (path, body)
+    status, _ = await service.api.call("DELETE", "/api/v1/webhooks/1", None)
+    assert status == 401
+    status, _ = await service.api.call("DELETE", f"/api/v1/webhooks/{hooks[4]['id']}", key)
+    assert status == 200
+    added = await service.webhook(key, "https://example.com/new", SECRET)  # the 20th again
+    assert added["id"] == 21
+
+
 async def test_a_5xx_is_retried_and_a_410_gives_up(service: Service, receiver: Receiver) -> None:
     world = await service.world()
     await service.webhook(world.key, receiver.hook_url("a"), SECRET)
