@@ -57,6 +57,12 @@ def require_log_file(config: Config) -> None:
     """Raise :class:`MissingLogError` when the configured SQLite log file does not exist."""
     if config.dsn is None and not os.path.exists(config.db_path):
         raise MissingLogError(f"no log at {config.db_path} (give --db or POSTBACK_DB)")
+    if (
+        config.dsn is None
+        and os.path.isfile(config.db_path)
+        and not os.path.getsize(config.db_path)
+    ):
+        raise MissingLogError(f"no log at {config.db_path}: the file is empty")
 
 
 async def require_log_schema(config: Config) -> None:

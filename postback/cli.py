@@ -111,6 +111,7 @@ async def serve(config: Config) -> None:
                 f"cannot listen on {config.host} port {config.port}: {exc.strerror or exc}"
             ) from exc
         host, port = runner.addresses[0][:2]
+        host = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
         print(
             f"postback: serving {describe(config)} on http://{host}:{port}",
             file=sys.stderr,

@@ -359,10 +359,10 @@ def export(config: Config, fmt: str, after: int, until: str | None) -> int:
     """Stream the log after ``after`` (up to ``until``, a time) to stdout; 2 on bad input."""
     try:
         deadline = parse_as_of(until) if until else None
-    except ValueError as exc:
-        return _error(str(exc))
+    except ValueError:
+        return _error(f"--until must be an ISO 8601 time, got {until!r}")
     count = asyncio.run(_export(config, fmt, after, deadline))
-    print(f"postback: exported {count:,} events", file=sys.stderr)
+    print(f"postback: exported {count:,} event{'' if count == 1 else 's'}", file=sys.stderr)
     return 0
 
 

@@ -186,7 +186,8 @@ def _print_log_report(report: VerifyReport) -> None:
         head = f"{report.head_position}:{report.head_hash.hex()}"
         print(f"log: ok, {report.checked:,} events, hash chain intact")
         print(f"log: head position {report.head_position}, hash {report.head_hash.hex()}")
-        print(f"log: keep it as an anchor for later checks: --anchor {head}")
+        if report.head_position:  # an empty log has no history to anchor
+            print(f"log: keep it as an anchor for later checks: --anchor {head}")
     else:
         finding = report.finding
         print(f"log: TAMPERED at position {finding.position}: {finding.kind.value}")
@@ -244,6 +245,8 @@ def parse_anchor(text: str) -> tuple[int, bytes]:
         anchor = (int(position), bytes.fromhex(digest))
     except ValueError:
         raise ValueError(f"an anchor is POSITION:HEXHASH, got {text!r}") from None
-    if anchor[0] < 0 or not anchor[1]:
-        raise ValueError(f"an anchor is POSITION:HEXHASH, got {text!r}")
+    if anchor[0] < 1 or len(anchor[1]) != 32:  # a position of the log, a SHA-256
+        raise ValueError(
+            f"an anchor is POSITION:HEXHASH (a position from 1, 64 hex digits), got {text!r}"
+        )
     return anchor

@@ -40,6 +40,9 @@ def db(tmp_path: Path) -> str:
         ["serve", "--port", "70000"],
         ["serve", "--port", "-5"],
         ["demo", "--port", "abc"],
+        ["verify", "--anchor", "0:" + "ab" * 32],
+        ["verify", "--anchor", "5:00"],
+        ["verify", "--anchor", "5:" + "ab" * 33],
     ],
 )
 def test_numbers_out_of_range_are_usage_errors(
@@ -90,6 +93,26 @@ def test_a_log_that_cannot_be_opened_is_named_and_exits_2(
     code, _, err = run(capsys, *argv, "--db", str(path))
     assert code == 2, err
     assert f"postback: cannot open the log at {path}: SQLite: " in err
+
+
+@pytest.mark.parametrize("command", ["export", "stats", "verify"])
+def test_an_empty_file_is_no_log_and_stays_empty(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, command: str
+) -> None:
+    path = tmp_path / "empty.db"
+    path.touch()
+    code, _, err = run(capsys, command, "--db", str(path))
+    assert code == 2
+    assert f"no log at {path}: the file is empty" in err
+    assert path.stat().st_size == 0
+
+
+def test_export_with_a_bad_until_names_the_option(
+    capsys: pytest.CaptureFixture[str], db: str
+) -> None:
+    code, _, err = run(capsys, "export", "--until", "yesterday", "--db", db)
+    assert code == 2
+    assert "--until must be an ISO 8601 time, got 'yesterday'" in err
 
 
 def test_a_broken_projections_file_is_named(capsys: pytest.CaptureFixture[str], db: str) -> None:
