@@ -44,6 +44,7 @@ log = logging.getLogger("postback.deliveries")
 MAX_WEBHOOKS: Final = 20
 MAX_URL: Final = 2048
 MAX_SECRET: Final = 256
+MIN_SECRET: Final = 16
 _ATTEMPTS: Final = 20
 MASK: Final = "***"
 
@@ -57,9 +58,14 @@ def _webhook_url(text: str, *, allow_private: bool) -> str:
 
 
 def _secret(body: dict[str, Any]) -> str:
+    """The webhook's HMAC key: 16 to 256 printable characters. A shorter one is guessable,
+    and masking it in the error texts kept of its deliveries would garble them (a secret
+    "s" masked everywhere) and tell it."""
     secret = text_field(body, "secret", required=True, limit=MAX_SECRET) or ""
     if any(not c.isprintable() for c in secret):
         raise bad_request("bad_field", "'secret' must not hold control characters")
+    if len(secret) < MIN_SECRET:
+        raise bad_request("bad_field", f"'secret' must be at least {MIN_SECRET} characters")
     return secret
 
 

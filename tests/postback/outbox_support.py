@@ -186,7 +186,7 @@ class Service:
         )
         assert status == 200, body
 
-    async def webhook(self, key: str, url: str, secret: str = "whsec-1") -> Any:
+    async def webhook(self, key: str, url: str, secret: str = "whsec-0123456789-1") -> Any:
         status, body = await self.api.call(
             "POST", "/api/v1/webhooks", key, json={"url": url, "secret": secret}
         )

@@ -22,7 +22,7 @@ async def _busy_world(service: Service, receiver: Receiver) -> tuple[str, int]:
     """Two Contacts (Facebook), one webhook delivery that fails, and one that succeeds."""
     world = await service.world()
     await service.facebook(world.key, world.spot_id)
-    await service.webhook(world.key, receiver.hook_url("a"), "whsec")
+    await service.webhook(world.key, receiver.hook_url("a"), "whsec-0123456789-a")
     receiver.script("webhook", Reply(400))
     await chat(service.client, user_id=world.user_id, spot=world.spot)
     await postback(service.client, clickid=world.clickid, goal="reg")

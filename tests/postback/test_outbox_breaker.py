@@ -43,7 +43,7 @@ def _count(receiver: Receiver, path: str) -> int:
 async def _world(make_service: MakeService, receiver: Receiver) -> tuple[Service, str, str]:
     svc = await make_service(clock=ManualClock(), **BREAKER)
     world = await svc.world()
-    await svc.webhook(world.key, receiver.hook_url("down"), "s1")
+    await svc.webhook(world.key, receiver.hook_url("down"), "whsec-0123456789-s1")
     return svc, world.key, world.clickid
 
 
@@ -51,7 +51,7 @@ async def test_three_failures_in_a_row_pause_the_target_until_a_probe_succeeds(
     make_service: MakeService, receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
     svc, key, clickid = await _world(make_service, receiver)
-    await svc.webhook(key, receiver.hook_url("up"), "s2")
+    await svc.webhook(key, receiver.hook_url("up"), "whsec-0123456789-s2")
     receiver.script("webhook", Reply(500), Reply(200), Reply(500), Reply(500))
     caplog.set_level(logging.WARNING, "postback.outbox")
     # reg: /down 500, /up 200, /down 500, /down 500 -> paused after three in a row
@@ -117,7 +117,7 @@ async def test_a_pause_survives_a_restart(
     clock = ManualClock()
     svc = await make_service(clock=clock, **BREAKER)
     world = await svc.world()
-    await svc.webhook(world.key, receiver.hook_url("down"), "s1")
+    await svc.webhook(world.key, receiver.hook_url("down"), "whsec-0123456789-s1")
     receiver.script("webhook", *[Reply(500)] * 3)
     await postback(svc.client, clickid=world.clickid, goal="reg")
     await svc.settle()
@@ -139,7 +139,7 @@ async def test_a_definite_answer_resets_the_stored_count_as_the_breaker_does(
     svc = await make_service(clock=clock, **BREAKER)
     world = await svc.world()
     hook = receiver.hook_url("down")
-    await svc.webhook(world.key, hook, "s1")
+    await svc.webhook(world.key, hook, "whsec-0123456789-s1")
     later = Reply(500, headers={"Retry-After": "100"})
     receiver.script("webhook", Reply(500), Reply(500), Reply(410), later)
     await postback(svc.client, clickid=world.clickid, goal="reg")  # 500, 500, then 410

@@ -33,7 +33,10 @@ async def test_registration_answers_201_and_never_echoes_the_secret(
     assert body == {"id": 1, "url": url, "secret": "***"}
     # the same URL again: its secret is replaced, same id
     status, body = await service.api.call(
-        "POST", "/api/v1/webhooks", world.key, json={"url": url, "secret": "other-secret"}
+        "POST",
+        "/api/v1/webhooks",
+        world.key,
+        json={"url": url, "secret": "other-secret-0123456789"},
     )
     assert (status, body["id"]) == (200, 1)
     other = await service.webhook(world.key, receiver.hook_url("b"), SECRET)
@@ -50,7 +53,7 @@ async def test_registration_answers_201_and_never_echoes_the_secret(
     assert {e["stream"] for e in registered} == {"webhooks-1"}
     assert all(e["data"]["secret"] == "***" for e in registered)
     assert SECRET not in str(events)
-    assert "other-secret" not in str(events)
+    assert "other-secret-0123456789" not in str(events)
 
 
 @pytest.mark.parametrize(
@@ -67,6 +70,8 @@ async def test_registration_answers_201_and_never_echoes_the_secret(
         ({"url": ["https://example.com"], "secret": SECRET}, "bad_field"),
         ({"url": "https://example.com/" + "a" * 2048, "secret": SECRET}, "bad_field"),
         ({"url": "https://example.com/", "secret": "s" * 257}, "bad_field"),
+        ({"url": "https://example.com/", "secret": "s" * 15}, "bad_field"),
+        ({"url": "https://example.com/", "secret": "s"}, "bad_field"),
         ({"url": "https://example.com/", "secret": {"a": 1}}, "bad_field"),
     ],
 )
@@ -101,7 +106,7 @@ async def test_goal_events_are_posted_signed_with_the_event_id(
 ) -> None:
     world = await service.world()
     await service.webhook(world.key, receiver.hook_url("a"), SECRET)
-    await service.webhook(world.key, receiver.hook_url("b"), "second-secret")
+    await service.webhook(world.key, receiver.hook_url("b"), "second-secret-0123456789")
     status, _ = await postback(service.client, clickid=world.clickid, goal="reg")
     assert status == 200
     status, _ = await postback(
@@ -116,7 +121,7 @@ async def test_goal_events_are_posted_signed_with_the_event_id(
     sent = receiver.of("webhook")
     assert len(sent) == 4
     for request in sent:
-        secret = SECRET if request.path == "/hook/a" else "second-secret"
+        secret = SECRET if request.path == "/hook/a" else "second-secret-0123456789"
         expected = signed(secret, request.body)
         assert hmac.compare_digest(request.headers["X-Postback-Signature"], expected)
         assert request.headers["Content-Type"] == "application/json"
