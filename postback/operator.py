@@ -258,8 +258,8 @@ async def create_subscriber(request: web.Request) -> web.Response:
     account = await account_of(request)
     body = await json_body(request)
     spot_token = text_field(body, "spot", required=True, limit=128)
-    user_id = text_field(body, "user_id", required=True, limit=128)
-    clickid = text_field(body, "clickid", required=False)
+    user_id = _partner_key(text_field(body, "user_id", required=True, limit=128), "user_id")
+    clickid = _partner_key(text_field(body, "clickid", required=False), "clickid")
     fbclid = text_field(body, "fbclid", required=False, limit=512)
     fbp = text_field(body, "fbp", required=False, limit=512)
     assert spot_token is not None
@@ -272,6 +272,17 @@ async def create_subscriber(request: web.Request) -> web.Response:
     return json_response(
         {"id": subscriber.id, "spot": spot.token, "user_id": user_id, "clickid": clickid}, 201
     )
+
+
+def _partner_key(value: str | None, name: str) -> str | None:
+    """A value partners will send to find the subscriber by (``user_id``, ``clickid``):
+    without blanks at either end or control characters, which a partner's query would not
+    carry, so that a subscriber created with them could never be found."""
+    if value is not None and (value != value.strip() or not value.isprintable()):
+        raise bad_request(
+            "bad_field", f"{name!r} must not begin or end with blanks or hold control characters"
+        )
+    return value
 
 
 async def own_subscriber(request: web.Request, account: Account) -> int:

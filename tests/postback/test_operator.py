@@ -590,6 +590,12 @@ async def test_unknown_or_malformed_subscriber_ids(
         {"spot": "87fa11c2-ff00-44a1", "user_id": "1", "clickid": {"a": 1}},
         {"spot": "87fa11c2-ff00-44a1", "user_id": "1", "clickid": "x" * 257},
         {"spot": "87fa11c2-ff00-44a1", "user_id": "1", "fbclid": False},
+        # what no partner's request would carry: the subscriber could never be found
+        {"spot": "87fa11c2-ff00-44a1", "user_id": " 558 "},
+        {"spot": "87fa11c2-ff00-44a1", "user_id": "558\n"},
+        {"spot": "87fa11c2-ff00-44a1", "user_id": "5\x0058"},
+        {"spot": "87fa11c2-ff00-44a1", "user_id": "1", "clickid": "ABC "},
+        {"spot": "87fa11c2-ff00-44a1", "user_id": "1", "clickid": "\tABC"},
     ],
 )
 async def test_create_subscriber_bad_body(api: Api, world: World, payload: dict[str, Any]) -> None:
