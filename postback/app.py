@@ -38,7 +38,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         return await handler(request)
     except ApiError as error:
-        return json_response(error.body, error.status)
+        return json_response(error.body, error.status, headers=error.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -13,13 +13,20 @@ class ApiError(Exception):
     """
 
     def __init__(
-        self, status: int, code: str, message: str, *, body: dict[str, Any] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self._body = body
+        self.headers = headers
 
     @property
     def body(self) -> dict[str, Any]:
@@ -43,4 +50,5 @@ def conflict(code: str, message: str) -> ApiError:
 def unauthorized(
     message: str = "a valid API key is required (Authorization: Bearer <key>)",
 ) -> ApiError:
-    return ApiError(401, "unauthorized", message)
+    # RFC 6750: a 401 names the scheme the client should use.
+    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})

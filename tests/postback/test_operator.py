@@ -92,7 +92,9 @@ async def test_a_missing_or_wrong_key_is_401(
     payload: Any,
     headers: dict[str, str],
 ) -> None:
-    status, body = await answer(await client.request(method, path, json=payload, headers=headers))
+    response = await client.request(method, path, json=payload, headers=headers)
+    assert response.headers.get("WWW-Authenticate") == "Bearer"  # RFC 6750
+    status, body = await answer(response)
     assert status == 401, body
     is_error(status, body)
 
