@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -125,19 +126,35 @@ def partner_params(request: web.Request, body: bytes) -> dict[str, str]:
 
 def request_record(request: web.Request, endpoint: str, body: bytes) -> dict[str, Any]:
     """What the postback log keeps of a request (the answer is added later)."""
+    text, exact = _body_text(body)
     record: dict[str, Any] = {
         "request_id": new_request_id(),
         "endpoint": endpoint,
         "method": request.method,
         "path": clean(request.path)[:MAX_FIELD],
         "query": clean(request.rel_url.raw_query_string)[:MAX_RECORDED],
-        "body": body.decode("utf-8", "replace")[:MAX_RECORDED],
+        "body": text,
         "ip": source_of(request),
         "received_at": utc_now_iso(),
     }
+    if exact is not None:
+        record["body_base64"] = exact
     if record["ip"] != request.remote:  # through a trusted proxy: keep who sent it too
         record["peer"] = request.remote
     return record
+
+
+def _body_text(body: bytes) -> tuple[str, str | None]:
+    """``body`` as text for the log (at most :data:`MAX_RECORDED` characters), and None;
+    or, for a body that is not UTF-8 (a latin-1 form, say), the text with U+FFFD where
+    its bytes were not, and its first :data:`MAX_RECORDED` bytes in base64: what a partner
+    sent can then be shown byte for byte in a dispute. (A query needs no such copy: the
+    HTTP parser refuses a request line that is not ASCII, and percent-escapes are kept.)"""
+    try:
+        return body.decode()[:MAX_RECORDED], None
+    except UnicodeDecodeError:
+        exact = base64.b64encode(body[:MAX_RECORDED]).decode()
+        return body.decode("utf-8", "replace")[:MAX_RECORDED], exact
 
 
 def summarize(record: dict[str, Any], params: dict[str, str]) -> None:

@@ -67,7 +67,8 @@ _LATEST_BEFORE: Final = (
 )
 
 _TEXT_FIELDS: Final = ("endpoint", "clickid", "user_id", "spot", "goal", "txid")
-_REQUEST_FIELDS: Final = ("ip", "method", "path", "query", "body", "received_at")
+_REQUEST_FIELDS: Final = ("ip", "method", "path", "query", "body", "body_base64", "received_at")
+"""``body_base64`` is there only for a body that is not UTF-8 (its exact bytes)."""
 
 COLUMNS: Final[tuple[str, ...]] = (
     "position",

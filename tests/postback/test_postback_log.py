@@ -3,6 +3,7 @@ with its raw query, source address, time, status and answer; filters; account is
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime
 from typing import Any
 
@@ -190,6 +191,22 @@ async def test_a_post_body_request_is_identified(client: Client, api: Api, world
         world.spot,
         "reg",
     )
+
+
+async def test_a_body_that_is_not_utf8_is_kept_byte_for_byte(
+    client: Client, api: Api, world: World
+) -> None:
+    # A latin-1 form: the text shows U+FFFD, and the exact bytes are kept for a dispute.
+    raw = f"clickid={world.clickid}&goal=reg&note=Jos".encode() + b"\xe9"
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    status, _ = await answer(await client.post("/postback/", data=raw, headers=headers))
+    assert status == 200
+    await send(client, "/postback/", {"clickid": world.clickid, "goal": "dep", "sum": "1"}, "form")
+    latin, utf8 = await api.postbacks(world.key)
+    assert latin["body"].endswith("note=Jos\ufffd")
+    assert base64.b64decode(latin["body_base64"]) == raw
+    assert utf8["body"] == "clickid=ABC123&goal=dep&sum=1"
+    assert utf8["body_base64"] is None
 
 
 async def test_subscriber_not_found_by_spot_is_listed(
