@@ -203,7 +203,7 @@ async def define_goal(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if name.lower() in STANDARD_GOALS:  # "Dep" too: a partner's goal=Dep is no deposit
         raise bad_request("standard_goal", f"{name!r} is a standard goal and cannot be redefined")
-    if not _GOAL_NAME.fullmatch(name):
+    if not _GOAL_NAME.fullmatch(name) or not name.strip("."):  # "..": no URL could name it
         raise bad_request("bad_goal_name", "a goal name is 1-64 ASCII letters, digits or _ . : -")
     body = await json_body(request)
     profile = _profile(body.get("profile"))
