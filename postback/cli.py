@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import errno
 import logging
 import os
 import sys
@@ -192,6 +193,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
 
         account_id, api_key = asyncio.run(create_account_offline(config, args.name))
         try:
+            if sys.stdout is None:  # closed (>&-): print would drop it silently
+                raise OSError(errno.EBADF, "standard output is closed")
             print(f"account {account_id} created\napi key: {api_key}", flush=True)
         except OSError:  # standard output is gone (`| head -0`, a full disk): the key is
             # shown once, so it goes where the operator still sees something

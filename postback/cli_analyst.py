@@ -226,7 +226,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
             return cli_projections.project(config, args.batch_size, supervised=args.supervised)
         if args.command == "stats":
-            return stats(config, args)
+            code = stats(config, args)
+            sys.stdout.flush()  # here, not at exit: a broken output is handled below
+            return code
         if args.command == "export":
             return export(config, args.format, args.after, args.until)
     except BrokenPipeError:
@@ -234,9 +236,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
         # when it flushes stdout at exit.
         silence_stdout()
         return 0
-    except OSError as exc:  # the output cannot be written: a full disk, say
+    except OSError as exc:  # the output cannot be written (a full disk), or a file opened
         silence_stdout()
-        print(f"postback: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else "cannot write the output: "
+        print(f"postback: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     raise AssertionError(f"not an analyst command: {args.command}")
 

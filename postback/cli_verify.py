@@ -207,6 +207,7 @@ def verify(
     ok = report.ok and all(diff.ok for diff in found.diffs) and replayed == position
     try:
         _print_report(found)
+        sys.stdout.flush()  # here, not at exit: a reader that went away is found now
     except BrokenPipeError:
         # The reader went away (``| head``): the verdict stands, whatever it read of it.
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -64,7 +64,7 @@ def _secret(body: dict[str, Any]) -> str:
     secret = text_field(body, "secret", required=True, limit=MAX_SECRET) or ""
     if any(not c.isprintable() for c in secret):
         raise bad_request("bad_field", "'secret' must not hold control characters")
-    if len(secret) < MIN_SECRET:
+    if len(secret.strip()) < MIN_SECRET:
         raise bad_request("bad_field", f"'secret' must be at least {MIN_SECRET} characters")
     return secret
 

@@ -91,8 +91,9 @@ async def request_body(request: web.Request) -> bytes:
         raise too_large() from exc
     except RequestPayloadError as exc:  # a broken chunked encoding, say
         raise bad_request("bad_body", "the request body cannot be read") from exc
-    coding = request.headers.get(hdrs.CONTENT_ENCODING)
-    return raw if coding is None else decode_body(raw, coding, MAX_BODY)
+    # Repeated headers are one list (RFC 9110): "identity" then "gzip" is gzip.
+    codings = request.headers.getall(hdrs.CONTENT_ENCODING, ())
+    return decode_body(raw, ", ".join(codings), MAX_BODY) if codings else raw
 
 
 def partner_params(request: web.Request, body: bytes) -> dict[str, str]:

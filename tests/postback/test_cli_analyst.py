@@ -257,7 +257,7 @@ def _verify_into_a_closed_pipe(monkeypatch: pytest.MonkeyPatch, db: str) -> int:
     """``postback verify`` whose reader has gone (``| head -0``): its exit status."""
     read_end, write_end = os.pipe()
     os.close(read_end)
-    with open(write_end, "w", buffering=1) as stdout:  # the first line breaks the pipe
+    with open(write_end, "w") as stdout:  # buffered, as a pipe is: it breaks at the flush
         monkeypatch.setattr(sys, "stdout", stdout)
         return cli.main(["verify", "--db", db])
 

@@ -179,6 +179,23 @@ async def _with_unicode(db: str) -> None:
         await store.close()
 
 
+def test_account_create_with_stdout_closed_keeps_the_key_on_stderr(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(sys, "stdout", None)  # what `>&-` gives Python
+    code = cli.main(["account", "create", "acme", "--db", str(tmp_path / "a.db")])
+    assert code == 1
+    assert "account 1 created, but its API key could not be written" in capsys.readouterr().err
+
+
+def test_stats_into_a_gone_reader_is_quiet_and_0(monkeypatch: pytest.MonkeyPatch, db: str) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with open(write_end, "w") as stdout:  # buffered: the pipe breaks at the flush
+        monkeypatch.setattr(sys, "stdout", stdout)
+        assert cli.main(["stats", "--db", db]) == 0
+
+
 def test_account_create_into_a_gone_reader_keeps_the_key_on_stderr(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

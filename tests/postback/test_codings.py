@@ -169,6 +169,20 @@ async def test_operator_bodies_that_cannot_be_decoded_are_refused(
     assert isinstance(body["error"], str)
 
 
+async def test_repeated_content_encoding_headers_are_one_list(
+    client: Client, api: Api, world: World
+) -> None:
+    raw = gzip.compress(f"clickid={world.clickid}&goal=reg".encode())
+    headers = [
+        ("Content-Type", "application/x-www-form-urlencoded"),
+        ("Content-Encoding", "identity"),
+        ("Content-Encoding", "gzip"),
+    ]
+    status, body = await answer(await client.post("/postback/", data=raw, headers=headers))
+    assert status == 200, body
+    assert (await api.subscriber(world.key, world.subscriber_id))["goals"]["reg"]["count"] == 1
+
+
 async def test_a_compressed_operator_body_is_read(client: Client, world: World) -> None:
     raw = gzip.compress(b'{"title": "Compressed"}')
     headers = {**bearer(world.key), "Content-Type": "application/json", "Content-Encoding": "gzip"}

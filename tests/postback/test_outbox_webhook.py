@@ -72,6 +72,7 @@ async def test_registration_answers_201_and_never_echoes_the_secret(
         ({"url": "https://example.com/", "secret": "s" * 257}, "bad_field"),
         ({"url": "https://example.com/", "secret": "s" * 15}, "bad_field"),
         ({"url": "https://example.com/", "secret": "s"}, "bad_field"),
+        ({"url": "https://example.com/", "secret": " " * 20}, "bad_field"),
         ({"url": "https://example.com/", "secret": {"a": 1}}, "bad_field"),
     ],
 )
