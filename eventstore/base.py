@@ -524,6 +524,13 @@ class EventStore(abc.ABC):
     def writable(self) -> bool:
         """Whether appends can be taken now: open, and the writer running (for health checks)."""
 
+    @abc.abstractmethod
+    async def check_writable(self) -> None:
+        """Check that the database takes a write now, writing nothing (a no-op update of
+        the chain head, rolled back): clears :attr:`write_failure` if it does; records and
+        raises the store's error if not. For health checks after a failure, when no
+        append may come to tell (a load balancer sends no more traffic)."""
+
     @property
     @abc.abstractmethod
     def write_failure(self) -> EventStoreError | None:

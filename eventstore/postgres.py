@@ -61,7 +61,12 @@ from eventstore.base import (
     positions_to_read,
 )
 from eventstore.chain import ChainVerifier
-from eventstore.errors import EventStoreError, InvalidEventError, StoreClosedError
+from eventstore.errors import (
+    EventStoreError,
+    InvalidEventError,
+    StoreClosedError,
+    StoreUnavailableError,
+)
 from eventstore.postgres_driver import (
     DEFAULT_CONNECT_TIMEOUT,
     DRIVER_ERRORS,
@@ -184,6 +189,19 @@ class PostgresEventStore(EventStore):
     @property
     def write_failure(self) -> EventStoreError | None:
         return self._writer.failure
+
+    async def check_writable(self) -> None:
+        self._check_open()
+        try:
+            with translated():
+                async with self._pool.acquire() as conn:
+                    await _probe_write(conn)
+        except EventStoreError as exc:
+            self._writer.failure = (
+                exc if isinstance(exc, StoreUnavailableError) else StoreUnavailableError(str(exc))
+            )
+            raise
+        self._writer.failure = None
 
     async def _connect_listener(self) -> Connection:
         # Named, so that an operator can tell this forever idle connection in pg_stat_activity.
@@ -382,3 +400,20 @@ async def _verify(conn: Connection, anchor: tuple[int, bytes] | None) -> VerifyR
             after = rows[-1][0]
         head = await conn.fetchrow("SELECT position, hash FROM chain_head")
     return verifier.finish((int(head[0]), bytes(head[1])) if head else None)
+
+
+PROBE_LOCK_TIMEOUT = 2.0
+"""Seconds :meth:`PostgresEventStore.check_writable` waits for the chain head's lock."""
+
+
+async def _probe_write(conn: Connection) -> None:
+    """Change the chain head without changing it, then roll back: fails as the writer's
+    statements would (a read-only server such as a standby, a missing grant, a lock held
+    too long)."""
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        await conn.execute(f"SET LOCAL lock_timeout = '{round(PROBE_LOCK_TIMEOUT * 1000)}ms'")
+        await conn.execute("UPDATE chain_head SET position = position")
+    finally:
+        await transaction.rollback()

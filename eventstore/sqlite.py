@@ -270,6 +270,15 @@ class SQLiteEventStore(EventStore):
     def write_failure(self) -> EventStoreError | None:
         return self._write_failure
 
+    async def check_writable(self) -> None:
+        self._check_open()
+        try:
+            await run_in_thread(self._writer, _probe_write)  # after any batch in hand
+        except EventStoreError as exc:
+            self._write_failure = exc
+            raise
+        self._write_failure = None
+
     # -- appending ---------------------------------------------------------------
 
     async def append(
@@ -530,6 +539,16 @@ class SQLiteEventStore(EventStore):
             self._inline.close()
             await self._writer.close()
             await self._reader.close()
+
+
+def _probe_write(conn: sqlite3.Connection) -> None:
+    """Take the write lock and change a row without changing it, then roll back: fails as
+    a write would (a read-only file, a lock held too long, an I/O error)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("UPDATE chain_head SET position = position")
+    finally:
+        conn.execute("ROLLBACK")
 
 
 def _fetch_all(conn: sqlite3.Connection, sql: str, params: Sequence[object]) -> list[Any]:

@@ -108,9 +108,12 @@ async def healthz(request: web.Request) -> web.Response:
     position = await store.last_position()
     if not store.writable:
         return json_response({"ok": False, "error": "the log writer is not running"}, 503)
-    failure = store.write_failure
-    if failure is not None:  # running, but the database takes nothing (read-only, full...)
-        return json_response({"ok": False, "error": f"the last append failed: {failure}"}, 503)
+    if store.write_failure is not None:  # the last batch failed: does the database take
+        try:  # writes again? (no append may come to tell: the balancer sends no traffic)
+            await store.check_writable()
+        except EventStoreError as exc:
+            log.error("healthz: the log takes no appends: %s", exc)
+            return json_response({"ok": False, "error": "the log takes no appends"}, 503)
     runner = request.app[postbacks.RUNNER]
     return json_response(
         {

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from eventstore import postgres as postgres_module
 from eventstore import postgres_listen, postgres_writer
 from eventstore.base import NO_STREAM, AppendResult, NewEvent
 from eventstore.errors import (
@@ -282,6 +283,8 @@ async def test_a_lost_writer_connection_fails_its_batch_and_reconnects(pg_schema
             await store.append("s", [new("Die")], 1)
         assert store.writable
         assert store.write_failure is caught.value  # for health checks, until a commit
+        await store.check_writable()  # ... or until a check finds the database writable
+        assert store.write_failure is None
         assert await store.append("s", [new("Fine")], 1) == AppendResult("s", 2, 2, 2)
         assert store.write_failure is None
         everything = await read_everything(store)
@@ -296,6 +299,7 @@ async def test_a_session_holding_the_chain_head_makes_appends_unavailable_not_ha
     ``WRITER_LOCK_TIMEOUT``, fail as unavailable (a 503 to partners), and succeed again
     once it is gone."""
     monkeypatch.setattr(postgres_writer, "WRITER_LOCK_TIMEOUT", 0.2)
+    monkeypatch.setattr(postgres_module, "PROBE_LOCK_TIMEOUT", 0.2)
     async with await open_store(pg_schema) as store:
         await store.append("s", [new()])
         async with raw_connection(pg_schema) as conn:
@@ -304,9 +308,13 @@ async def test_a_session_holding_the_chain_head_makes_appends_unavailable_not_ha
             await conn.execute("SELECT * FROM chain_head FOR UPDATE")
             with pytest.raises(StoreUnavailableError, match="lock timeout"):
                 await asyncio.wait_for(store.append("s", [new()], 1), WAIT)
+            with pytest.raises(StoreUnavailableError, match="lock timeout"):
+                await asyncio.wait_for(store.check_writable(), WAIT)
             await transaction.rollback()
         assert store.writable
         assert store.write_failure is not None
+        await store.check_writable()
+        assert store.write_failure is None
         assert await store.append("s", [new()], 1) == AppendResult("s", 2, 2, 2)
         assert store.write_failure is None
         assert (await store.verify()).ok

@@ -111,6 +111,30 @@ async def test_a_failed_batch_fails_its_appends_and_the_writer_goes_on(
         assert (await store.verify()).ok
 
 
+async def test_check_writable_finds_a_database_that_takes_no_writes(tmp_path: Path) -> None:
+    # query_only makes the writer's connection read-only, as a read-only file would.
+    async with await SQLiteEventStore.open(tmp_path / "r.db", poll_interval=None) as store:
+        await store.check_writable()
+        assert store.write_failure is None
+        await sqlite_module.run_in_thread(store._writer, _query_only(True))
+        with pytest.raises(StoreUnavailableError, match="readonly"):
+            await store.append("s", [new()])
+        with pytest.raises(StoreUnavailableError, match="readonly") as caught:
+            await store.check_writable()
+        assert store.write_failure is caught.value
+        await sqlite_module.run_in_thread(store._writer, _query_only(False))
+        await store.check_writable()  # no append needed to find it writable again
+        assert store.write_failure is None
+        assert await store.last_position() == 0  # the checks wrote nothing
+
+
+def _query_only(on: bool) -> Any:
+    def set_it(conn: sqlite3.Connection) -> None:
+        conn.execute(f"PRAGMA query_only = {int(on)}")
+
+    return set_it
+
+
 async def test_only_the_failed_batch_of_a_drain_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
