@@ -38,7 +38,8 @@ balancer would send it; the PostgreSQL server's own CPU is shown in its column):
    same URLs, same loop) and drive it with the same generator, connections and duration.
 
 Latencies are measured in the client from sending to the whole answer read. The load is a
-closed loop, so latency and throughput are tied (Little's law: p50 is about C / rate).
+closed loop, so latency and throughput are tied (Little's law: the mean latency, from
+sending to the answer read back, is about C / rate).
 Both servers and this client share the machine's cores: the CPU each process used during
 its run is printed, with the client's CPU cost per request and the rate that cost allows
 on one core (the client's ceiling; if the bare run's client sits near 100 % of a core, the
@@ -654,16 +655,16 @@ def report(
         f"{service.name} p99: {p99:.2f} ms   (target < {TARGET_P99_MS:.0f} ms: "
         f"{'met' if p99 < TARGET_P99_MS else 'MISSED'})"
     )
-    # A closed loop ties latency to rate (Little's law: mean latency = connections / rate),
-    # so the p99 target sets a floor on the rate, whatever the server does with its time.
+    # A closed loop ties latency to rate (Little's law: the mean latency is connections /
+    # rate), and a p99 under the target all but needs a mean under it: a floor on the rate.
     needed = connections / (TARGET_P99_MS / 1000)
     line = (
         f"  a p99 under {TARGET_P99_MS:.0f} ms at {connections} connections in a closed loop "
-        f"needs more than {needed:,.0f} answers/s (the mean latency is connections/rate)"
+        f"needs about {needed:,.0f} answers/s or more (the mean latency is connections/rate)"
     )
     if service.serving_cpu:
         line += (
-            f"; the serving process's CPU per postback allows at most "
+            f"; the serving process's CPU per postback allows about "
             f"{service.requests / service.serving_cpu:,.0f}/s on its core"
         )
     lines.append(line)
