@@ -82,6 +82,7 @@ async def test_rows_are_json_ready_and_complete(runner: ProjectionRunner) -> Non
         "path": "/postback/",
         "query": "clickid=ABC&goal=reg",
         "body": "",
+        "body_base64": None,  # only for a body that is not UTF-8
         "received_at": "2026-11-24T12:00:00.123456+00:00",
         "response": {"success": True},
     }
