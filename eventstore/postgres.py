@@ -61,12 +61,7 @@ from eventstore.base import (
     positions_to_read,
 )
 from eventstore.chain import ChainVerifier
-from eventstore.errors import (
-    EventStoreError,
-    InvalidEventError,
-    StoreClosedError,
-    StoreUnavailableError,
-)
+from eventstore.errors import EventStoreError, InvalidEventError, StoreClosedError
 from eventstore.postgres_driver import (
     DEFAULT_CONNECT_TIMEOUT,
     DRIVER_ERRORS,
@@ -197,9 +192,7 @@ class PostgresEventStore(EventStore):
                 async with self._pool.acquire() as conn:
                     await _probe_write(conn)
         except EventStoreError as exc:
-            self._writer.failure = (
-                exc if isinstance(exc, StoreUnavailableError) else StoreUnavailableError(str(exc))
-            )
+            self._writer.failure = exc
             raise
         self._writer.failure = None
 

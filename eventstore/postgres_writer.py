@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Literal, cast
+from typing import Literal
 
 from eventstore.appending import AppendRequest, Outcome, batch_size, settle
 from eventstore.base import AppendResult
@@ -111,7 +111,7 @@ class Writer:
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
         self._closing = False
-        self.failure: StoreUnavailableError | None = None
+        self.failure: EventStoreError | None = None
         """Why the last batch failed as a whole, until one commits (``write_failure``)."""
         self._task = self._loop.create_task(self._write_loop())
 
@@ -158,8 +158,10 @@ class Writer:
                 raise
             if any(isinstance(outcome, AppendResult) for outcome in outcomes):
                 self.failure = None
-            elif all(isinstance(outcome, StoreUnavailableError) for outcome in outcomes):
-                self.failure = cast(StoreUnavailableError, outcomes[0])
+            elif isinstance(first := outcomes[0], StoreUnavailableError) and all(
+                isinstance(outcome, StoreUnavailableError) for outcome in outcomes
+            ):
+                self.failure = first
             if self._on_batch is not None:
                 self._on_batch(sum(len(r.events) for r in batch), time.perf_counter() - started)
             self._release(waiters, outcomes)

@@ -55,13 +55,11 @@ def describe(config: Config) -> str:
 
 def require_log_file(config: Config) -> None:
     """Raise :class:`MissingLogError` when the configured SQLite log file does not exist."""
-    if config.dsn is None and not os.path.exists(config.db_path):
+    if config.dsn is not None:
+        return
+    if not os.path.exists(config.db_path):
         raise MissingLogError(f"no log at {config.db_path} (give --db or POSTBACK_DB)")
-    if (
-        config.dsn is None
-        and os.path.isfile(config.db_path)
-        and not os.path.getsize(config.db_path)
-    ):
+    if os.path.isfile(config.db_path) and not os.path.getsize(config.db_path):
         raise MissingLogError(f"no log at {config.db_path}: the file is empty")
 
 

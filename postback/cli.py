@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from eventstore.errors import EventStoreError
 from postback import cli_analyst, migrate
 from postback.backend import LogUnavailableError, MissingLogError, describe
+from postback.cli_progress import silence_stdout
 from postback.config import PROJECTORS, Config, ConfigError, parse_port
 from postback.model import MAX_TEXT
 from postback.runtime import tune_process
@@ -198,7 +199,7 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
             print(f"account {account_id} created\napi key: {api_key}", flush=True)
         except OSError:  # standard output is gone (`| head -0`, a full disk): the key is
             # shown once, so it goes where the operator still sees something
-            cli_analyst.silence_stdout()
+            silence_stdout()
             print(
                 f"postback: account {account_id} created, but its API key could not be"
                 f" written to standard output; api key: {api_key}",

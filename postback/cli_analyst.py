@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import csv
 import errno
 import io
-import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime
@@ -28,6 +26,7 @@ import orjson
 from eventstore.base import RecordedEvent
 from postback import cli_rebuild, cli_verify
 from postback.backend import open_store, projection_runner
+from postback.cli_progress import silence_stdout
 from postback.config import Config
 from postback.views import event_fields
 from projections.catalog import all_projections
@@ -242,14 +241,6 @@ def run(args: argparse.Namespace, config: Config) -> int:
         print(f"postback: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     raise AssertionError(f"not an analyst command: {args.command}")
-
-
-def silence_stdout() -> None:
-    """Point standard output at /dev/null, so that nothing more is tried on a broken one
-    (Python flushes it at exit, and would complain)."""
-    if sys.stdout is not None:
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _error(message: str) -> int:

@@ -1,5 +1,5 @@
-"""What the long CLI commands share: a view of the log for their projection runners, and a
-progress bar on stderr.
+"""What the long CLI commands share: a view of the log for their projection runners, a
+progress bar on stderr, and what to do with a standard output that broke.
 
 :class:`LogView` wraps any :class:`~eventstore.base.EventStore` (SQLite or PostgreSQL), so
 ``rebuild``, ``verify``, ``project`` and ``migrate-to`` work the same on both backends.
@@ -8,6 +8,8 @@ progress bar on stderr.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sys
 import time
 from collections.abc import Callable, Collection
@@ -19,6 +21,14 @@ ProgressFn = Callable[[int, int], None]
 """``(position applied up to, last position of the log as last seen)``."""
 HeadFn = Callable[[int], None]
 """``(last position of the log)``: called each time the runner asks for it."""
+
+
+def silence_stdout() -> None:
+    """Point standard output at /dev/null, so that nothing more is tried on a broken one
+    (Python flushes it at exit, and would complain)."""
+    if sys.stdout is not None:
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 class LogView:

@@ -15,13 +15,12 @@ stdout; exit 0 when all is well, 1 otherwise.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from dataclasses import dataclass
 
 from eventstore.base import EventStore, VerifyReport
 from postback.backend import open_store, projection_runner, scratch_projection_database
-from postback.cli_progress import LogView
+from postback.cli_progress import LogView, silence_stdout
 from postback.cli_rebuild import DEFAULT_BATCH_SIZE, build_shadows
 from postback.config import Config
 from postback.shadows import shadow_database, shadow_places
@@ -210,8 +209,7 @@ def verify(
         sys.stdout.flush()  # here, not at exit: a reader that went away is found now
     except BrokenPipeError:
         # The reader went away (``| head``): the verdict stands, whatever it read of it.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        silence_stdout()
     return 0 if ok else 1
 
 
